@@ -11,7 +11,7 @@ APT_PACKAGES=(
     build-essential pkg-config
     librdkafka-dev libhiredis-dev libmicrohttpd-dev libwebsockets-dev
     libjansson-dev libavro-dev libcurl4-openssl-dev libcmocka-dev
-    zlib1g-dev liblz4-dev uthash-dev
+    zlib1g-dev liblz4-dev uthash-dev libssl-dev
     redis-server openjdk-17-jre-headless maven python3-venv curl
 )
 
