@@ -5,10 +5,14 @@
  *
  *   static const cm_config_entry_t gw_config_table[] = {
  *     {CM_CFG_INT, "GATEWAY_PORT", "8080", offsetof(gw_config_t, port),
- *      1, 65535, "HTTP port of the event API"},
+ *      1, 65535, "HTTP port of the event API", NULL, false},
+ *     CM_CONFIG_ENTRY(CM_CFG_MS, "GATEWAY_READ_TIMEOUT", "10s", gw_config_t,
+ *                     read_timeout_ms, 1000, 3600000, "read timeout"),
  *     ...
  *     {0}
  *   };
+ *
+ * (-Wextra rejects a row that leaves fields out; CM_CONFIG_ENTRY fills them.)
  *
  * cm_config_load() fills the struct from the environment (or the default),
  * checking type and bounds; `--help` prints the table. Any environment
@@ -73,6 +77,10 @@ typedef struct cm_kv {
     char *key;
     char *value;
 } cm_kv_t;
+
+/* A row with no choices and not secret. */
+#define CM_CONFIG_ENTRY(type, env, def, st, field, min, max, description)                \
+    {type, env, def, offsetof(st, field), min, max, description, NULL, false}
 
 /* Pass-through properties collected from the environment. */
 typedef struct cm_passthrough {
@@ -176,12 +184,12 @@ typedef struct cm_common_config {
      "lowest level of the JSON log lines written to stderr", "debug|info|warn|error",   \
      false}
 
-#define CM_CONFIG_COMMON_ENTRIES(type, member, prefix, admin_port)                      \
+#define CM_CONFIG_COMMON_ENTRIES(type, member, prefix, port_def)                        \
     CM_CONFIG_LOG_LEVEL_ENTRY(type, member.log_level, prefix),                          \
     {CM_CFG_STR, prefix "ADMIN_ADDR", "0.0.0.0", offsetof(type, member.admin_addr), 1,  \
      255, "bind address of the admin HTTP server (/metrics, /healthz, /readyz)", NULL,  \
      false},                                                                            \
-    {CM_CFG_INT, prefix "ADMIN_PORT", admin_port, offsetof(type, member.admin_port), 0, \
+    {CM_CFG_INT, prefix "ADMIN_PORT", port_def, offsetof(type, member.admin_port), 0,   \
      65535, "port of the admin HTTP server (0: any free port)", NULL, false}
 
 /*
