@@ -14,6 +14,8 @@ APT_PACKAGES=(
     zlib1g-dev liblz4-dev uthash-dev libssl-dev
     redis-server openjdk-17-jre-headless maven python3-venv curl
 )
+# The browser test drives Debian's Chromium (playwright-core from npm).
+TEST_APT_PACKAGES=(chromium nodejs npm)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -37,6 +39,23 @@ if [ ! -f "$KAFKA_LIBS/kafka_2.13-$KAFKA_VERSION.jar" ]; then
 fi
 
 if [ "${1:-}" != "--no-python" ]; then
+    missing=()
+    for p in "${TEST_APT_PACKAGES[@]}"; do
+        # node and npm may come from elsewhere than Debian (e.g. a preinstalled Node.js).
+        case "$p" in nodejs) command -v node >/dev/null && continue ;; npm) command -v npm >/dev/null && continue ;; esac
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        say "installing Debian packages for the tests: ${missing[*]}"
+        SUDO=""
+        [ "$(id -u)" -ne 0 ] && SUDO=sudo
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+    if [ ! -d "$ROOT/tests/browser/node_modules/playwright-core" ]; then
+        say "installing the browser test's npm packages"
+        (cd "$ROOT/tests/browser" && npm ci --no-audit --no-fund --silent)
+    fi
     VENV=$CACHE/venv
     REQ=$ROOT/tests/requirements.txt
     if [ ! -x "$VENV/bin/python" ]; then
