@@ -49,7 +49,7 @@ if [ "${LOADGEN:-on}" != off ] && [ -x "$ROOT/build/bin/cs-loadgen" ] && [ -x "$
     if ! pid_alive "$RUN/pids/cs-loadgen.pid"; then
         start_bg "$RUN/pids/cs-loadgen.pid" "$RUN/logs/cs-loadgen.log" "$ROOT/build/bin/cs-loadgen" \
             --url "http://127.0.0.1:${GATEWAY_PORT:-8080}/v1/events" --rate "${LOADGEN_RATE:-200}" \
-            --duration 0 --users 5000
+            --duration 86400 --users 5000
         say "started the load generator at ${LOADGEN_RATE:-200} events/s"
     fi
 fi
