@@ -23,7 +23,7 @@ set -a
 . "$RUN/stack/stack.env"
 set +a
 export LOG_LEVEL=${LOG_LEVEL:-info}
-export WAREHOUSE_DIR=${WAREHOUSE_DIR:-$RUN/warehouse}
+export LAKE_WAREHOUSE=${LAKE_WAREHOUSE:-$RUN/warehouse}
 
 # start_service NAME [ENV=VALUE ...]: starts build/bin/NAME once.
 start_service() {
@@ -62,7 +62,7 @@ The pipeline is up (auth is off for local use: any client may post events).
   metrics       :8080/metrics (gateway), :9102 (sessionizer), :9103 (aggregator),
                 :9104 (lake-writer), :3000/metrics (dashboard)
   Kafka         $KAFKA_BOOTSTRAP        Redis  127.0.0.1:$REDIS_PORT
-  lake          $WAREHOUSE_DIR
+  lake          $LAKE_WAREHOUSE
   logs          $RUN/logs/
 Stop everything with: make down
 MSG
