@@ -18,13 +18,23 @@ struct cm_consumer {
     bool ever_assigned;
 };
 
-static void update_assigned(cm_consumer_t *c)
+/*
+ * Keeps the assigned-partition count from the rebalance events themselves:
+ * rd_kafka_assignment() inside the rebalance callback that
+ * rd_kafka_consumer_close() triggers can deadlock in librdkafka 2.0.2.
+ */
+static void update_assigned(cm_consumer_t *c, rd_kafka_resp_err_t err,
+                            const rd_kafka_topic_partition_list_t *parts, bool coop)
 {
-    rd_kafka_topic_partition_list_t *a = NULL;
-    if (rd_kafka_assignment(c->rk, &a) == RD_KAFKA_RESP_ERR_NO_ERROR && a) {
-        CM_ATOMIC_STORE(&c->assigned, a->cnt);
-        rd_kafka_topic_partition_list_destroy(a);
-    }
+    int cur = CM_ATOMIC_LOAD(&c->assigned);
+    int n = parts ? parts->cnt : 0;
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS)
+        cur = coop ? cur + n : n;
+    else if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS)
+        cur = coop ? (cur > n ? cur - n : 0) : 0;
+    else
+        cur = 0;
+    CM_ATOMIC_STORE(&c->assigned, cur);
 }
 
 static void consumer_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
@@ -50,8 +60,7 @@ static void consumer_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         bool lost = rd_kafka_assignment_lost(rk);
         cm_kafka_log_parts(lost ? "partitions lost" : "partitions revoked", parts);
         if (c->on_rebalance)
-            c->on_rebalance(c, lost ? CM_REBALANCE_LOST : CM_REBALANCE_REVOKE, parts,
-                            c->opaque);
+            c->on_rebalance(c, lost ? CM_REBALANCE_LOST : CM_REBALANCE_REVOKE, parts, c->opaque);
         if (coop)
             error = rd_kafka_incremental_unassign(rk, parts);
         else
@@ -69,7 +78,7 @@ static void consumer_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     } else if (aerr) {
         cm_log_error("kafka assign failed", "error", "%s", rd_kafka_err2str(aerr), NULL);
     }
-    update_assigned(c);
+    update_assigned(c, err, parts, coop);
 }
 
 static rd_kafka_topic_partition_list_t *topic_list(const char *const *topics, size_t n)
@@ -111,8 +120,8 @@ cm_consumer_t *cm_consumer_new(const cm_consumer_opts_t *o, char *errstr, size_t
         {"isolation.level", "read_committed"},
         {NULL, NULL},
     };
-    rd_kafka_conf_t *conf = cm_kafka_conf_build(o->bootstrap, o->client_id, defaults, o->pt,
-                                                forced, errstr, errstr_size);
+    rd_kafka_conf_t *conf = cm_kafka_conf_build(o->bootstrap, o->client_id, defaults, o->pt, forced,
+                                                errstr, errstr_size);
     if (!conf)
         goto fail;
     rd_kafka_conf_set_opaque(conf, c);
@@ -150,8 +159,8 @@ cm_err_t cm_consumer_poll(cm_consumer_t *c, int timeout_ms, rd_kafka_message_t *
     }
     rd_kafka_resp_err_t err = m->err;
     if (err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
-        cm_log_warn("kafka consume error", "error", "%s", rd_kafka_err2name(err), "reason",
-                    "%s", rd_kafka_message_errstr(m), "topic", "%s",
+        cm_log_warn("kafka consume error", "error", "%s", rd_kafka_err2name(err), "reason", "%s",
+                    rd_kafka_message_errstr(m), "topic", "%s",
                     m->rkt ? rd_kafka_topic_name(m->rkt) : "", NULL);
     rd_kafka_message_destroy(m);
     if (err == RD_KAFKA_RESP_ERR__FATAL) {
@@ -174,8 +183,8 @@ cm_err_t cm_consumer_commit(cm_consumer_t *c, const rd_kafka_topic_partition_lis
     return CM_OK;
 }
 
-cm_err_t cm_consumer_seek(cm_consumer_t *c, const char *topic, int32_t partition,
-                          int64_t offset, int timeout_ms)
+cm_err_t cm_consumer_seek(cm_consumer_t *c, const char *topic, int32_t partition, int64_t offset,
+                          int timeout_ms)
 {
     if (!c || !topic)
         return CM_ERR_INVALID;
@@ -201,7 +210,10 @@ int cm_consumer_assigned_count(const cm_consumer_t *c)
     return c ? CM_ATOMIC_LOAD(&c->assigned) : 0;
 }
 
-rd_kafka_t *cm_consumer_handle(cm_consumer_t *c) { return c ? c->rk : NULL; }
+rd_kafka_t *cm_consumer_handle(cm_consumer_t *c)
+{
+    return c ? c->rk : NULL;
+}
 
 void cm_consumer_destroy(cm_consumer_t *c)
 {

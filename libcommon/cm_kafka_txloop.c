@@ -68,7 +68,7 @@ struct cm_txloop {
     bool txn_doomed; /* a produce said the transaction must be aborted */
     int64_t txn_start_ms;
     int txn_msgs;
-    int txn_dr_failed; /* delivery failures seen in it (logged once) */
+    int txn_dr_failed;                            /* delivery failures seen in it (logged once) */
     rd_kafka_topic_partition_list_t *txn_offsets; /* next offset per input partition */
 
     cm_err_t pending; /* set inside callbacks: cm_txloop_run returns it */
@@ -78,7 +78,7 @@ struct cm_txloop {
     bool ran;
     bool ever_assigned;
     bool joined; /* had a group member id when closed */
-    int stop; /* atomic: cm_txloop_stop */
+    int stop;    /* atomic: cm_txloop_stop */
 
     cm_txloop_stats_t st; /* counters updated atomically */
 };
@@ -112,7 +112,10 @@ static int op_timeout(cm_txloop_t *l)
     return left < TXN_OP_TIMEOUT_MS ? (int)left : TXN_OP_TIMEOUT_MS;
 }
 
-static bool past_deadline(const cm_txloop_t *l) { return cm_mono_ms() >= l->deadline_ms; }
+static bool past_deadline(const cm_txloop_t *l)
+{
+    return cm_mono_ms() >= l->deadline_ms;
+}
 
 /* Classifies (and destroys) an error of a transactional call. */
 static txn_act_t classify(cm_txloop_t *l, const char *what, rd_kafka_error_t *error)
@@ -126,10 +129,13 @@ static txn_act_t classify(cm_txloop_t *l, const char *what, rd_kafka_error_t *er
         act = ACT_RETRY;
     else
         act = ACT_FATAL;
-    cm_log(act == ACT_FATAL ? CM_LOG_ERROR : CM_LOG_WARN, "kafka transaction error", "call",
-           "%s", what, "error", "%s", rd_kafka_error_name(error), "reason", "%s",
+    cm_log(act == ACT_FATAL ? CM_LOG_ERROR : CM_LOG_WARN, "kafka transaction error", "call", "%s",
+           what, "error", "%s", rd_kafka_error_name(error), "reason", "%s",
            rd_kafka_error_string(error), "action", "%s",
-           act == ACT_FATAL ? "fatal" : act == ACT_ABORT ? "abort" : "retry", NULL);
+           act == ACT_FATAL   ? "fatal"
+           : act == ACT_ABORT ? "abort"
+                              : "retry",
+           NULL);
     rd_kafka_error_destroy(error);
     if (act == ACT_FATAL)
         set_pending(l, CM_ERR_FATAL);
@@ -146,13 +152,24 @@ static void txn_reset(cm_txloop_t *l)
     l->txn_offsets = rd_kafka_topic_partition_list_new(16);
 }
 
-static void update_assigned(cm_txloop_t *l)
+/*
+ * Keeps the assigned-partition count from the rebalance events themselves.
+ * rd_kafka_assignment() is not called here: inside the rebalance callback
+ * that rd_kafka_consumer_close() triggers, librdkafka 2.0.2 can deadlock on
+ * it (seen as a consumer that never finishes closing after SIGTERM).
+ */
+static void update_assigned(cm_txloop_t *l, rd_kafka_resp_err_t err,
+                            const rd_kafka_topic_partition_list_t *parts, bool coop)
 {
-    rd_kafka_topic_partition_list_t *a = NULL;
-    if (!rd_kafka_assignment(l->consumer, &a) && a) {
-        CM_ATOMIC_STORE(&l->st.assigned_partitions, a->cnt);
-        rd_kafka_topic_partition_list_destroy(a);
-    }
+    int cur = CM_ATOMIC_LOAD(&l->st.assigned_partitions);
+    int n = parts ? parts->cnt : 0;
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS)
+        cur = coop ? cur + n : n;
+    else if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS)
+        cur = coop ? (cur > n ? cur - n : 0) : 0;
+    else
+        cur = 0;
+    CM_ATOMIC_STORE(&l->st.assigned_partitions, cur);
 }
 
 /*
@@ -182,8 +199,8 @@ static void rewind_and_notify(cm_txloop_t *l)
                 a->elems[i].offset = l->reset_offset;
         rd_kafka_error_t *error = rd_kafka_seek_partitions(l->consumer, a, TXN_OP_TIMEOUT_MS);
         if (error) {
-            cm_log_error("kafka rewind: seek failed", "error", "%s",
-                         rd_kafka_error_string(error), NULL);
+            cm_log_error("kafka rewind: seek failed", "error", "%s", rd_kafka_error_string(error),
+                         NULL);
             rd_kafka_error_destroy(error);
             set_pending(l, CM_ERR_FATAL);
             goto out;
@@ -340,8 +357,8 @@ static void on_assign(cm_txloop_t *l, rd_kafka_topic_partition_list_t *parts, bo
     /* Stable committed offsets first (see the file comment). */
     rd_kafka_resp_err_t err = rd_kafka_committed(l->consumer, parts, COMMITTED_TIMEOUT_MS);
     if (err) {
-        cm_log_error("kafka committed offsets unavailable", "error", "%s",
-                     rd_kafka_err2str(err), NULL);
+        cm_log_error("kafka committed offsets unavailable", "error", "%s", rd_kafka_err2str(err),
+                     NULL);
         set_pending(l, CM_ERR_FATAL);
     } else {
         /* A partition-level error leaves that partition to librdkafka's own
@@ -430,9 +447,7 @@ static void txloop_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         l->ever_assigned = true;
         on_assign(l, parts, coop);
         break;
-    case RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS:
-        on_revoke(l, parts, coop);
-        break;
+    case RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS: on_revoke(l, parts, coop); break;
     default:
         cm_log_error("kafka rebalance failed", "error", "%s", rd_kafka_err2name(err), NULL);
         if (l->txn_open)
@@ -441,7 +456,7 @@ static void txloop_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         set_pending(l, CM_ERR_KAFKA);
         break;
     }
-    update_assigned(l);
+    update_assigned(l, err, parts, coop);
 }
 
 static void txloop_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
@@ -462,7 +477,10 @@ static void txloop_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaq
 
 /* ------------------------------------------------------------------------ */
 
-static char *xstrdup(const char *s) { return s ? strdup(s) : NULL; }
+static char *xstrdup(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
 
 cm_txloop_t *cm_txloop_new(const cm_txloop_opts_t *o, char *errstr, size_t errstr_size)
 {
@@ -553,8 +571,8 @@ cm_txloop_t *cm_txloop_new(const cm_txloop_opts_t *o, char *errstr, size_t errst
         {"enable.partition.eof", "true"},
         {NULL, NULL},
     };
-    l->restore_conf = cm_kafka_conf_build(o->bootstrap, o->client_id, r_defaults, o->pt,
-                                          r_forced, errstr, errstr_size);
+    l->restore_conf = cm_kafka_conf_build(o->bootstrap, o->client_id, r_defaults, o->pt, r_forced,
+                                          errstr, errstr_size);
     if (!l->restore_conf)
         goto fail;
 
@@ -595,15 +613,14 @@ cm_txloop_t *cm_txloop_new(const cm_txloop_opts_t *o, char *errstr, size_t errst
         if (!error)
             break;
         bool retry = rd_kafka_error_is_retriable(error) && cm_mono_ms() < deadline;
-        snprintf(errstr, errstr_size, "kafka init_transactions: %s",
-                 rd_kafka_error_string(error));
+        snprintf(errstr, errstr_size, "kafka init_transactions: %s", rd_kafka_error_string(error));
         rd_kafka_error_destroy(error);
         if (!retry)
             goto fail;
         cm_log_warn("kafka init_transactions retry", "reason", "%s", errstr, NULL);
     }
-    cm_log_info("kafka transactional loop ready", "transactional_id", "%s", l->txn_id,
-                "group", "%s", o->group_id, NULL);
+    cm_log_info("kafka transactional loop ready", "transactional_id", "%s", l->txn_id, "group",
+                "%s", o->group_id, NULL);
     return l;
 nomem:
     snprintf(errstr, errstr_size, "kafka txloop: out of memory");
@@ -620,8 +637,8 @@ static void handle_message(cm_txloop_t *l, rd_kafka_message_t *m)
             cm_kafka_log_error(l->consumer, m->err, NULL);
             set_pending(l, CM_ERR_FATAL);
         } else if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-            cm_log_warn("kafka consume error", "error", "%s", rd_kafka_err2name(m->err),
-                        "reason", "%s", rd_kafka_message_errstr(m), NULL);
+            cm_log_warn("kafka consume error", "error", "%s", rd_kafka_err2name(m->err), "reason",
+                        "%s", rd_kafka_message_errstr(m), NULL);
         }
         return;
     }
@@ -640,8 +657,7 @@ static void handle_message(cm_txloop_t *l, rd_kafka_message_t *m)
         txn_abort(l, true);
     } else if (err) {
         cm_log_error("process failed", "error", "%s", cm_err_str(err), "topic", "%s", topic,
-                     "partition", "%d", (int)m->partition, "offset", "%ld", (long)m->offset,
-                     NULL);
+                     "partition", "%d", (int)m->partition, "offset", "%ld", (long)m->offset, NULL);
         set_pending(l, err);
     }
 }
@@ -694,8 +710,8 @@ cm_err_t cm_txloop_run(cm_txloop_t *l)
             if (l->pending)
                 break;
         }
-        if (l->txn_open && (l->txn_msgs >= l->commit_max_msgs ||
-                            now - l->txn_start_ms >= l->commit_interval_ms))
+        if (l->txn_open &&
+            (l->txn_msgs >= l->commit_max_msgs || now - l->txn_start_ms >= l->commit_interval_ms))
             txn_commit(l);
     }
 
@@ -719,9 +735,8 @@ cm_err_t cm_txloop_run(cm_txloop_t *l)
     cm_txloop_stats_t st;
     cm_txloop_get_stats(l, &st);
     cm_log_info("kafka transactional loop stopped", "records_in", "%ld", (long)st.msgs_in,
-                "records_out", "%ld", (long)st.msgs_produced, "commits", "%ld",
-                (long)st.commits, "aborts", "%ld", (long)st.aborts, "result", "%s",
-                cm_err_str(rc), NULL);
+                "records_out", "%ld", (long)st.msgs_produced, "commits", "%ld", (long)st.commits,
+                "aborts", "%ld", (long)st.aborts, "result", "%s", cm_err_str(rc), NULL);
     /* An error raised while closing (e.g. a failed final commit) counts too. */
     return rc ? rc : l->pending;
 }
@@ -761,9 +776,8 @@ cm_err_t cm_txloop_send(cm_txloop_t *l, const cm_kafka_msg_t *m)
         bool fatal = rd_kafka_error_is_fatal(error);
         bool abortable = rd_kafka_error_txn_requires_abort(error);
         rd_kafka_resp_err_t code = rd_kafka_error_code(error);
-        cm_log_warn("kafka transactional produce failed", "topic", "%s", m->topic, "error",
-                    "%s", rd_kafka_error_name(error), "reason", "%s",
-                    rd_kafka_error_string(error), NULL);
+        cm_log_warn("kafka transactional produce failed", "topic", "%s", m->topic, "error", "%s",
+                    rd_kafka_error_name(error), "reason", "%s", rd_kafka_error_string(error), NULL);
         rd_kafka_error_destroy(error);
         if (fatal) {
             set_pending(l, CM_ERR_FATAL);
@@ -787,8 +801,8 @@ cm_err_t cm_txloop_send(cm_txloop_t *l, const cm_kafka_msg_t *m)
 }
 
 cm_err_t cm_txloop_produce(cm_txloop_t *l, const char *topic, const void *key, size_t key_len,
-                           const void *value, size_t value_len,
-                           const cm_kafka_header_t *headers, size_t header_count)
+                           const void *value, size_t value_len, const cm_kafka_header_t *headers,
+                           size_t header_count)
 {
     cm_kafka_msg_t m = {
         .topic = topic,
@@ -803,8 +817,8 @@ cm_err_t cm_txloop_produce(cm_txloop_t *l, const char *topic, const void *key, s
     return cm_txloop_send(l, &m);
 }
 
-cm_err_t cm_txloop_restore(cm_txloop_t *l, const char *topic, int32_t partition,
-                           cm_record_fn *fn, void *opaque, int timeout_ms)
+cm_err_t cm_txloop_restore(cm_txloop_t *l, const char *topic, int32_t partition, cm_record_fn *fn,
+                           void *opaque, int timeout_ms)
 {
     char errstr[512];
     if (!l || !topic || !fn || partition < 0)
@@ -831,8 +845,8 @@ cm_err_t cm_txloop_restore(cm_txloop_t *l, const char *topic, int32_t partition,
      * read to the end. The producer handle reads watermarks uncommitted (HW),
      * the restore consumer committed (LSO).
      */
-    rd_kafka_resp_err_t err = rd_kafka_query_watermark_offsets(
-        l->producer, topic, partition, &lo, &hw, (int)(deadline - cm_mono_ms()));
+    rd_kafka_resp_err_t err = rd_kafka_query_watermark_offsets(l->producer, topic, partition, &lo,
+                                                               &hw, (int)(deadline - cm_mono_ms()));
     while (!err && hw > lo) {
         err = rd_kafka_query_watermark_offsets(l->restorer, topic, partition, &lo, &lso,
                                                (int)(deadline - cm_mono_ms()));
@@ -845,9 +859,8 @@ cm_err_t cm_txloop_restore(cm_txloop_t *l, const char *topic, int32_t partition,
         usleep(50 * 1000);
     }
     if (err) {
-        cm_log_error("kafka restore: end offsets unavailable", "topic", "%s", topic,
-                     "partition", "%d", (int)partition, "error", "%s", rd_kafka_err2str(err),
-                     NULL);
+        cm_log_error("kafka restore: end offsets unavailable", "topic", "%s", topic, "partition",
+                     "%d", (int)partition, "error", "%s", rd_kafka_err2str(err), NULL);
         return err == RD_KAFKA_RESP_ERR__TIMED_OUT ? CM_ERR_TIMEOUT : CM_ERR_KAFKA;
     }
     if (hw <= lo)
@@ -868,14 +881,13 @@ cm_err_t cm_txloop_restore(cm_txloop_t *l, const char *topic, int32_t partition,
         rd_kafka_message_t *m = rd_kafka_consumer_poll(l->restorer, 100);
         if (!m)
             continue;
-        bool mine = m->rkt && m->partition == partition &&
-                    strcmp(rd_kafka_topic_name(m->rkt), topic) == 0;
+        bool mine =
+            m->rkt && m->partition == partition && strcmp(rd_kafka_topic_name(m->rkt), topic) == 0;
         if (m->err) {
             rd_kafka_resp_err_t merr = m->err;
             if (merr != RD_KAFKA_RESP_ERR__PARTITION_EOF)
-                cm_log_warn("kafka restore consume error", "error", "%s",
-                            rd_kafka_err2name(merr), "reason", "%s", rd_kafka_message_errstr(m),
-                            NULL);
+                cm_log_warn("kafka restore consume error", "error", "%s", rd_kafka_err2name(merr),
+                            "reason", "%s", rd_kafka_message_errstr(m), NULL);
             rd_kafka_message_destroy(m);
             if (merr == RD_KAFKA_RESP_ERR__PARTITION_EOF && mine)
                 break;
@@ -929,8 +941,14 @@ bool cm_txloop_ready(const cm_txloop_t *l)
     return l && CM_ATOMIC_LOAD(&l->st.running) && CM_ATOMIC_LOAD(&l->st.assigned_partitions) > 0;
 }
 
-rd_kafka_t *cm_txloop_consumer(cm_txloop_t *l) { return l ? l->consumer : NULL; }
-rd_kafka_t *cm_txloop_producer(cm_txloop_t *l) { return l ? l->producer : NULL; }
+rd_kafka_t *cm_txloop_consumer(cm_txloop_t *l)
+{
+    return l ? l->consumer : NULL;
+}
+rd_kafka_t *cm_txloop_producer(cm_txloop_t *l)
+{
+    return l ? l->producer : NULL;
+}
 
 void cm_txloop_destroy(cm_txloop_t *l)
 {
