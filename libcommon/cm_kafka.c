@@ -38,8 +38,7 @@ void cm_kafka_log_error(rd_kafka_t *rk, int err, const char *reason)
         return;
     }
     cm_log(lvl, "kafka error", "client", "%s", rk ? rd_kafka_name(rk) : "", "error", "%s",
-           rd_kafka_err2name((rd_kafka_resp_err_t)err), "reason", "%s", reason ? reason : "",
-           NULL);
+           rd_kafka_err2name((rd_kafka_resp_err_t)err), "reason", "%s", reason ? reason : "", NULL);
 }
 
 static void kafka_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
@@ -69,8 +68,7 @@ static bool is_forced(const cm_kprop_t *forced, const char *key)
 
 rd_kafka_conf_t *cm_kafka_conf_build(const char *bootstrap, const char *client_id,
                                      const cm_kprop_t *defaults, const cm_passthrough_t *pt,
-                                     const cm_kprop_t *forced, char *errstr,
-                                     size_t errstr_size)
+                                     const cm_kprop_t *forced, char *errstr, size_t errstr_size)
 {
     if (!bootstrap || !*bootstrap) {
         snprintf(errstr, errstr_size, "kafka: no bootstrap servers given");
@@ -78,8 +76,8 @@ rd_kafka_conf_t *cm_kafka_conf_build(const char *bootstrap, const char *client_i
     }
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     if (!set_prop(conf, "bootstrap.servers", bootstrap, errstr, errstr_size) ||
-        !set_prop(conf, "client.id", client_id && *client_id ? client_id : "clickstream",
-                  errstr, errstr_size))
+        !set_prop(conf, "client.id", client_id && *client_id ? client_id : "clickstream", errstr,
+                  errstr_size))
         goto fail;
     rd_kafka_conf_set_log_cb(conf, kafka_log_cb);
     rd_kafka_conf_set_error_cb(conf, kafka_error_cb);
@@ -107,14 +105,13 @@ fail:
     return NULL;
 }
 
-rd_kafka_conf_t *cm_kafka_conf_new(const char *bootstrap, const cm_passthrough_t *pt,
-                                   char *errstr, size_t errstr_size)
+rd_kafka_conf_t *cm_kafka_conf_new(const char *bootstrap, const cm_passthrough_t *pt, char *errstr,
+                                   size_t errstr_size)
 {
     return cm_kafka_conf_build(bootstrap, NULL, NULL, pt, NULL, errstr, errstr_size);
 }
 
-int cm_kafka_msg_vus(const cm_kafka_msg_t *m, void *msg_opaque, rd_kafka_vu_t *vus,
-                     size_t cap)
+int cm_kafka_msg_vus(const cm_kafka_msg_t *m, void *msg_opaque, rd_kafka_vu_t *vus, size_t cap)
 {
     size_t n = 0;
     if (!m || !m->topic || !*m->topic || m->header_count > CM_KAFKA_MAX_HEADERS ||
@@ -191,4 +188,50 @@ void cm_kafka_consumer_destroy(rd_kafka_t *rk, bool joined, bool ever_assigned)
         return;
     }
     rd_kafka_destroy(rk);
+}
+
+void cm_guard_init(cm_offset_guard_t *g)
+{
+    g->next = rd_kafka_topic_partition_list_new(16);
+    g->skipped = 0;
+}
+
+void cm_guard_free(cm_offset_guard_t *g)
+{
+    if (g->next)
+        rd_kafka_topic_partition_list_destroy(g->next);
+    g->next = NULL;
+}
+
+void cm_guard_set(cm_offset_guard_t *g, const char *topic, int32_t partition, int64_t offset)
+{
+    rd_kafka_topic_partition_t *tp = rd_kafka_topic_partition_list_find(g->next, topic, partition);
+    if (!tp)
+        tp = rd_kafka_topic_partition_list_add(g->next, topic, partition);
+    tp->offset = offset < 0 ? -1 : offset;
+}
+
+void cm_guard_remove(cm_offset_guard_t *g, const rd_kafka_topic_partition_list_t *parts)
+{
+    for (int i = 0; parts && i < parts->cnt; i++)
+        rd_kafka_topic_partition_list_del(g->next, parts->elems[i].topic,
+                                          parts->elems[i].partition);
+}
+
+bool cm_guard_accept(cm_offset_guard_t *g, const rd_kafka_message_t *m)
+{
+    const char *topic = rd_kafka_topic_name(m->rkt);
+    rd_kafka_topic_partition_t *tp =
+        rd_kafka_topic_partition_list_find(g->next, topic, m->partition);
+    if (tp && tp->offset >= 0 && m->offset < tp->offset) {
+        if (g->skipped++ == 0 || g->skipped % 10000 == 0)
+            cm_log_warn("kafka record delivered again: dropped", "topic", "%s", topic, "partition",
+                        "%d", (int)m->partition, "offset", "%ld", (long)m->offset, "expected",
+                        "%ld", (long)tp->offset, "dropped_total", "%ld", (long)g->skipped, NULL);
+        return false;
+    }
+    if (!tp)
+        tp = rd_kafka_topic_partition_list_add(g->next, topic, m->partition);
+    tp->offset = m->offset + 1;
+    return true;
 }

@@ -16,6 +16,11 @@
  * librdkafka's own log lines and error events are written through cm_log as
  * JSON lines ("msg":"kafka log"/"kafka error", with "fac", "client").
  *
+ * librdkafka 2.0 (Debian) aborts when a cooperative-sticky consumer that has
+ * joined its group is destroyed before its first assignment (librdkafka
+ * #4312, fixed in 2.3). cm_consumer_destroy/cm_txloop_destroy then close the
+ * consumer but leave the handle allocated: a small leak at exit, no crash.
+ *
  * ---------------------------------------------------------------------------
  * Exactly-once, for the state of an app too (sessionizer, aggregator)
  * ---------------------------------------------------------------------------
@@ -48,6 +53,13 @@
  *  4. on_revoke(parts, lost): the open transaction has been committed (or,
  *     when lost, aborted) before the call; drop the state of those partitions.
  *
+ * Input is read once: librdkafka before 2.4 can hand out records of a retained
+ * partition a second time after a cooperative rebalance (librdkafka #4637);
+ * the consumer and the loop drop a record below the next offset expected for
+ * its partition (counted in redelivered_skipped). So move a read position only
+ * with cm_consumer_seek() (the loop rewinds by itself), never with
+ * rd_kafka_seek() on the raw handle: records read again that way are dropped.
+ *
  * Threads: a cm_txloop_t belongs to the thread that calls cm_txloop_run();
  * every callback runs on that thread, inside cm_txloop_run().
  * cm_txloop_get_stats() and cm_txloop_ready() may be called from any thread.
@@ -78,8 +90,8 @@
  * (the value is never shown: it may be a password). The caller owns the
  * result (rd_kafka_conf_destroy, or hand it to rd_kafka_new).
  */
-rd_kafka_conf_t *cm_kafka_conf_new(const char *bootstrap, const cm_passthrough_t *pt,
-                                   char *errstr, size_t errstr_size);
+rd_kafka_conf_t *cm_kafka_conf_new(const char *bootstrap, const cm_passthrough_t *pt, char *errstr,
+                                   size_t errstr_size);
 
 /* One message header. value may be NULL (a null header); name is a C string. */
 typedef struct cm_kafka_header {
@@ -118,8 +130,8 @@ typedef struct cm_producer cm_producer_t;
  * poll thread (or inside cm_producer_poll() with manual_poll); it must not
  * block for long and must not call cm_producer_flush/destroy.
  */
-typedef void cm_delivery_fn(void *msg_opaque, cm_err_t err, const char *errmsg,
-                            int32_t partition, int64_t offset, void *cb_opaque);
+typedef void cm_delivery_fn(void *msg_opaque, cm_err_t err, const char *errmsg, int32_t partition,
+                            int64_t offset, void *cb_opaque);
 
 typedef struct cm_producer_opts {
     const char *bootstrap;       /* required */
@@ -141,8 +153,7 @@ typedef struct cm_producer_opts {
  * fills errstr on a bad option or property. Does not wait for the brokers
  * (see cm_producer_ready).
  */
-cm_producer_t *cm_producer_new(const cm_producer_opts_t *opts, char *errstr,
-                               size_t errstr_size);
+cm_producer_t *cm_producer_new(const cm_producer_opts_t *opts, char *errstr, size_t errstr_size);
 
 /*
  * Queues one record; never blocks. Returns CM_OK (the delivery callback will
@@ -155,10 +166,9 @@ cm_producer_t *cm_producer_new(const cm_producer_opts_t *opts, char *errstr,
 cm_err_t cm_producer_send(cm_producer_t *p, const cm_kafka_msg_t *m, void *msg_opaque);
 
 /* Shorthand of cm_producer_send: partition by key, timestamp now. */
-cm_err_t cm_producer_produce(cm_producer_t *p, const char *topic, const void *key,
-                             size_t key_len, const void *value, size_t value_len,
-                             const cm_kafka_header_t *headers, size_t header_count,
-                             void *msg_opaque);
+cm_err_t cm_producer_produce(cm_producer_t *p, const char *topic, const void *key, size_t key_len,
+                             const void *value, size_t value_len, const cm_kafka_header_t *headers,
+                             size_t header_count, void *msg_opaque);
 
 /* manual_poll only: serves delivery reports, waiting up to timeout_ms.
  * Returns the number of events served. A no-op returning 0 otherwise. */
@@ -177,10 +187,10 @@ int cm_producer_queue_len(const cm_producer_t *p);
 bool cm_producer_ready(const cm_producer_t *p);
 
 typedef struct cm_producer_stats {
-    uint64_t queued;    /* accepted by send */
-    uint64_t delivered; /* acknowledged */
-    uint64_t failed;    /* delivery reports with an error */
-    uint64_t queue_full;/* sends refused with CM_ERR_RETRY */
+    uint64_t queued;     /* accepted by send */
+    uint64_t delivered;  /* acknowledged */
+    uint64_t failed;     /* delivery reports with an error */
+    uint64_t queue_full; /* sends refused with CM_ERR_RETRY */
     int queue_len;
     bool ready;
 } cm_producer_stats_t;
@@ -220,10 +230,10 @@ typedef void cm_rebalance_fn(cm_consumer_t *c, cm_rebalance_kind_t kind,
                              rd_kafka_topic_partition_list_t *parts, void *opaque);
 
 typedef struct cm_consumer_opts {
-    const char *bootstrap;         /* required */
-    const cm_passthrough_t *pt;    /* may be NULL */
-    const char *group_id;          /* required */
-    const char *const *topics;     /* required, topic_count names */
+    const char *bootstrap;      /* required */
+    const cm_passthrough_t *pt; /* may be NULL */
+    const char *group_id;       /* required */
+    const char *const *topics;  /* required, topic_count names */
     size_t topic_count;
     const char *client_id;         /* may be NULL */
     const char *auto_offset_reset; /* NULL: "earliest" */
@@ -236,8 +246,7 @@ typedef struct cm_consumer_opts {
  * enable.auto.commit=false (forced), enable.auto.offset.store=false,
  * isolation.level=read_committed (forced). NULL + errstr on failure.
  */
-cm_consumer_t *cm_consumer_new(const cm_consumer_opts_t *opts, char *errstr,
-                               size_t errstr_size);
+cm_consumer_t *cm_consumer_new(const cm_consumer_opts_t *opts, char *errstr, size_t errstr_size);
 
 /*
  * Waits up to timeout_ms for one record. CM_OK with *out set (the caller owns
@@ -254,8 +263,8 @@ cm_err_t cm_consumer_commit(cm_consumer_t *c, const rd_kafka_topic_partition_lis
 
 /* Moves the read position of an assigned partition (e.g. after a failed
  * write, to read again). */
-cm_err_t cm_consumer_seek(cm_consumer_t *c, const char *topic, int32_t partition,
-                          int64_t offset, int timeout_ms);
+cm_err_t cm_consumer_seek(cm_consumer_t *c, const char *topic, int32_t partition, int64_t offset,
+                          int timeout_ms);
 
 /* Number of partitions assigned now. Thread-safe. */
 int cm_consumer_assigned_count(const cm_consumer_t *c);
@@ -289,13 +298,12 @@ typedef struct cm_txloop_callbacks {
                           void *opaque);
     /* Partitions going away. The open transaction was committed first
      * (lost=false) or aborted (lost=true, another member may own them). */
-    void (*on_revoke)(cm_txloop_t *loop, const rd_kafka_topic_partition_list_t *parts,
-                      bool lost, void *opaque);
+    void (*on_revoke)(cm_txloop_t *loop, const rd_kafka_topic_partition_list_t *parts, bool lost,
+                      void *opaque);
     /* The open transaction was aborted: discard every state change made since
      * the last commit. parts = the whole assignment, rewound to the committed
      * offsets (what will be read next). */
-    void (*on_abort)(cm_txloop_t *loop, const rd_kafka_topic_partition_list_t *parts,
-                     void *opaque);
+    void (*on_abort)(cm_txloop_t *loop, const rd_kafka_topic_partition_list_t *parts, void *opaque);
     /* Just before a commit: flush the outputs and state records that are due
      * (cm_txloop_produce works here). */
     cm_err_t (*before_commit)(cm_txloop_t *loop, void *opaque);
@@ -306,20 +314,20 @@ typedef struct cm_txloop_callbacks {
 } cm_txloop_callbacks_t;
 
 typedef struct cm_txloop_opts {
-    const char *bootstrap;           /* required */
-    const cm_passthrough_t *pt;      /* may be NULL */
-    const char *group_id;            /* required */
-    const char *const *topics;       /* required, topic_count names */
+    const char *bootstrap;      /* required */
+    const cm_passthrough_t *pt; /* may be NULL */
+    const char *group_id;       /* required */
+    const char *const *topics;  /* required, topic_count names */
     size_t topic_count;
-    const char *transactional_id;    /* required, unique per running instance and
-                                      * stable across its restarts */
-    const char *client_id;           /* may be NULL */
-    int commit_interval_ms;          /* 0: 100 */
-    int commit_max_msgs;             /* 0: 10000 input records per transaction */
-    int tick_interval_ms;            /* 0: 100 */
-    int transaction_timeout_ms;      /* 0: 30000 (transaction.timeout.ms) */
-    int session_timeout_ms;          /* 0: 10000 (session.timeout.ms) */
-    int shutdown_timeout_ms;         /* 0: 5000: budget for the final commit */
+    const char *transactional_id; /* required, unique per running instance and
+                                   * stable across its restarts */
+    const char *client_id;        /* may be NULL */
+    int commit_interval_ms;       /* 0: 100 */
+    int commit_max_msgs;          /* 0: 10000 input records per transaction */
+    int tick_interval_ms;         /* 0: 100 */
+    int transaction_timeout_ms;   /* 0: 30000 (transaction.timeout.ms) */
+    int session_timeout_ms;       /* 0: 10000 (session.timeout.ms) */
+    int shutdown_timeout_ms;      /* 0: 5000: budget for the final commit */
     /* Stop condition, checked at least every tick: the loop stops when
      * *stop_flag != 0 or should_stop(opaque) returns true (either may be NULL). */
     volatile sig_atomic_t *stop_flag;
@@ -359,9 +367,9 @@ cm_err_t cm_txloop_run(cm_txloop_t *loop);
 cm_err_t cm_txloop_send(cm_txloop_t *loop, const cm_kafka_msg_t *m);
 
 /* Shorthand of cm_txloop_send: partition by key, timestamp now. */
-cm_err_t cm_txloop_produce(cm_txloop_t *loop, const char *topic, const void *key,
-                           size_t key_len, const void *value, size_t value_len,
-                           const cm_kafka_header_t *headers, size_t header_count);
+cm_err_t cm_txloop_produce(cm_txloop_t *loop, const char *topic, const void *key, size_t key_len,
+                           const void *value, size_t value_len, const cm_kafka_header_t *headers,
+                           size_t header_count);
 
 /*
  * Restore helper for on_assign/on_abort: reads partition `partition` of
@@ -387,17 +395,19 @@ void cm_txloop_stop(cm_txloop_t *loop);
 extern const double cm_txloop_lat_bounds_ms[CM_TXLOOP_LAT_BUCKETS - 1];
 
 typedef struct cm_txloop_stats {
-    uint64_t msgs_in;        /* input records processed (counting re-reads) */
-    uint64_t msgs_produced;  /* records produced in transactions */
-    uint64_t commits;        /* transactions committed */
-    uint64_t aborts;         /* transactions aborted */
-    uint64_t rebalances;     /* assign + revoke events */
+    uint64_t msgs_in;             /* input records processed (counting re-reads) */
+    uint64_t msgs_produced;       /* records produced in transactions */
+    uint64_t commits;             /* transactions committed */
+    uint64_t aborts;              /* transactions aborted */
+    uint64_t rebalances;          /* assign + revoke events */
+    uint64_t redelivered_skipped; /* records the consumer handed out a second time
+                                   * (librdkafka #4637), dropped unprocessed */
     uint64_t commit_lat_count;
     uint64_t commit_lat_us_sum;
     uint64_t commit_lat_us_max;
     uint64_t commit_lat_bucket[CM_TXLOOP_LAT_BUCKETS]; /* non-cumulative counts */
     int assigned_partitions;
-    bool running;            /* init done, subscribed, not stopped */
+    bool running; /* init done, subscribed, not stopped */
 } cm_txloop_stats_t;
 
 /* A consistent-enough copy for /metrics. Thread-safe. */

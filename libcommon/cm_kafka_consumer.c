@@ -16,6 +16,7 @@ struct cm_consumer {
     void *opaque;
     int assigned; /* atomic */
     bool ever_assigned;
+    cm_offset_guard_t guard; /* drops records delivered twice (librdkafka #4637) */
 };
 
 /*
@@ -51,6 +52,9 @@ static void consumer_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         c->ever_assigned = true;
         if (c->on_rebalance)
             c->on_rebalance(c, CM_REBALANCE_ASSIGN, parts, c->opaque);
+        for (int i = 0; i < parts->cnt; i++)
+            cm_guard_set(&c->guard, parts->elems[i].topic, parts->elems[i].partition,
+                         parts->elems[i].offset);
         if (coop)
             error = rd_kafka_incremental_assign(rk, parts);
         else
@@ -65,6 +69,7 @@ static void consumer_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             error = rd_kafka_incremental_unassign(rk, parts);
         else
             aerr = rd_kafka_assign(rk, NULL);
+        cm_guard_remove(&c->guard, parts);
         break;
     }
     default:
@@ -108,6 +113,7 @@ cm_consumer_t *cm_consumer_new(const cm_consumer_opts_t *o, char *errstr, size_t
     }
     c->on_rebalance = o->on_rebalance;
     c->opaque = o->opaque;
+    cm_guard_init(&c->guard);
     const cm_kprop_t defaults[] = {
         {"partition.assignment.strategy", "cooperative-sticky"},
         {"auto.offset.reset", o->auto_offset_reset ? o->auto_offset_reset : "earliest"},
@@ -154,6 +160,10 @@ cm_err_t cm_consumer_poll(cm_consumer_t *c, int timeout_ms, rd_kafka_message_t *
     if (!m)
         return CM_OK;
     if (!m->err) {
+        if (!cm_guard_accept(&c->guard, m)) {
+            rd_kafka_message_destroy(m); /* already delivered once */
+            return CM_OK;
+        }
         *out = m;
         return CM_OK;
     }
@@ -200,6 +210,8 @@ cm_err_t cm_consumer_seek(cm_consumer_t *c, const char *topic, int32_t partition
         cm_log_warn("kafka seek failed", "topic", "%s", topic, "partition", "%d", (int)partition,
                     "error", "%s", rd_kafka_err2str(l->elems[0].err), NULL);
         rc = CM_ERR_KAFKA;
+    } else {
+        cm_guard_set(&c->guard, topic, partition, offset);
     }
     rd_kafka_topic_partition_list_destroy(l);
     return rc;
@@ -224,5 +236,6 @@ void cm_consumer_destroy(cm_consumer_t *c)
         rd_kafka_consumer_close(c->rk);
         cm_kafka_consumer_destroy(c->rk, joined, c->ever_assigned);
     }
+    cm_guard_free(&c->guard);
     free(c);
 }

@@ -22,8 +22,7 @@ typedef struct cm_kprop {
  */
 rd_kafka_conf_t *cm_kafka_conf_build(const char *bootstrap, const char *client_id,
                                      const cm_kprop_t *defaults, const cm_passthrough_t *pt,
-                                     const cm_kprop_t *forced, char *errstr,
-                                     size_t errstr_size);
+                                     const cm_kprop_t *forced, char *errstr, size_t errstr_size);
 
 /* Logs an error event the way every client does (level by severity). */
 void cm_kafka_log_error(rd_kafka_t *rk, int err, const char *reason);
@@ -41,6 +40,27 @@ void cm_kafka_consumer_destroy(rd_kafka_t *rk, bool joined, bool ever_assigned);
 /* Whether the consumer has a group member id now (it got a JoinGroup answer). */
 bool cm_kafka_consumer_joined(rd_kafka_t *rk);
 
+/*
+ * Offset guard: the next offset expected per assigned partition, to drop
+ * records the consumer delivers a second time. librdkafka before 2.4 can
+ * restart a retained partition's fetch from a stale position after a
+ * cooperative rebalance (librdkafka issue #4637), re-delivering records that
+ * were already processed - and, in the transactional loop, committed.
+ */
+typedef struct cm_offset_guard {
+    rd_kafka_topic_partition_list_t *next; /* .offset: next expected, <0 unknown */
+    uint64_t skipped;                      /* records dropped as re-deliveries */
+} cm_offset_guard_t;
+
+void cm_guard_init(cm_offset_guard_t *g);
+void cm_guard_free(cm_offset_guard_t *g);
+/* offset < 0 (unknown, or logical like BEGINNING): accept what comes next. */
+void cm_guard_set(cm_offset_guard_t *g, const char *topic, int32_t partition, int64_t offset);
+void cm_guard_remove(cm_offset_guard_t *g, const rd_kafka_topic_partition_list_t *parts);
+/* false: m is below the expected offset of its partition (a re-delivery: drop
+ * it); true: take it, and expect m->offset + 1 next. */
+bool cm_guard_accept(cm_offset_guard_t *g, const rd_kafka_message_t *m);
+
 /* One info line naming the partitions ("topic[3],topic[5]"), cut to fit. */
 void cm_kafka_log_parts(const char *msg, const rd_kafka_topic_partition_list_t *parts);
 
@@ -48,8 +68,7 @@ void cm_kafka_log_parts(const char *msg, const rd_kafka_topic_partition_list_t *
  * Fills vus (capacity cap) for rd_kafka_produceva from m; returns the count
  * or -1 when m is invalid (no topic, too many headers, header without name).
  */
-int cm_kafka_msg_vus(const cm_kafka_msg_t *m, void *msg_opaque, rd_kafka_vu_t *vus,
-                     size_t cap);
+int cm_kafka_msg_vus(const cm_kafka_msg_t *m, void *msg_opaque, rd_kafka_vu_t *vus, size_t cap);
 
 #define CM_KAFKA_VUS_CAP (CM_KAFKA_MAX_HEADERS + 8)
 

@@ -24,10 +24,10 @@ struct cm_producer {
     bool manual_poll;
     pthread_t thread;
     bool thread_started;
-    int stop;           /* atomic: the poll thread ends */
-    int ready;          /* atomic bool */
-    int fatal;          /* atomic bool */
-    int64_t next_probe; /* poll thread only: mono ms */
+    int stop;               /* atomic: the poll thread ends */
+    int ready;              /* atomic bool */
+    int fatal;              /* atomic bool */
+    int64_t next_probe;     /* poll thread only: mono ms */
     cm_producer_stats_t st; /* counters updated atomically */
 };
 
@@ -106,8 +106,7 @@ cm_producer_t *cm_producer_new(const cm_producer_opts_t *o, char *errstr, size_t
     snprintf(linger, sizeof(linger), "%d", o->linger_ms > 0 ? o->linger_ms : 5);
     snprintf(qmsgs, sizeof(qmsgs), "%d", o->queue_max_msgs > 0 ? o->queue_max_msgs : 100000);
     snprintf(qkb, sizeof(qkb), "%d", o->queue_max_kbytes > 0 ? o->queue_max_kbytes : 262144);
-    snprintf(dto, sizeof(dto), "%d",
-             o->delivery_timeout_ms > 0 ? o->delivery_timeout_ms : 120000);
+    snprintf(dto, sizeof(dto), "%d", o->delivery_timeout_ms > 0 ? o->delivery_timeout_ms : 120000);
     const cm_kprop_t defaults[] = {
         {"acks", "all"},
         {"compression.type", "lz4"},
@@ -122,8 +121,8 @@ cm_producer_t *cm_producer_new(const cm_producer_opts_t *o, char *errstr, size_t
         {NULL, NULL},
     };
     const cm_kprop_t forced[] = {{"enable.idempotence", "true"}, {NULL, NULL}};
-    rd_kafka_conf_t *conf = cm_kafka_conf_build(o->bootstrap, o->client_id, defaults, o->pt,
-                                                forced, errstr, errstr_size);
+    rd_kafka_conf_t *conf = cm_kafka_conf_build(o->bootstrap, o->client_id, defaults, o->pt, forced,
+                                                errstr, errstr_size);
     if (!conf)
         goto fail;
     rd_kafka_conf_set_opaque(conf, p);
@@ -164,28 +163,21 @@ cm_err_t cm_producer_send(cm_producer_t *p, const cm_kafka_msg_t *m, void *msg_o
     bool fatal = rd_kafka_error_is_fatal(error);
     rd_kafka_error_destroy(error);
     switch (err) {
-    case RD_KAFKA_RESP_ERR__QUEUE_FULL:
-        CM_ATOMIC_ADD(&p->st.queue_full, 1);
-        return CM_ERR_RETRY;
-    case RD_KAFKA_RESP_ERR__FATAL:
-        CM_ATOMIC_STORE(&p->fatal, 1);
-        return CM_ERR_FATAL;
+    case RD_KAFKA_RESP_ERR__QUEUE_FULL: CM_ATOMIC_ADD(&p->st.queue_full, 1); return CM_ERR_RETRY;
+    case RD_KAFKA_RESP_ERR__FATAL: CM_ATOMIC_STORE(&p->fatal, 1); return CM_ERR_FATAL;
     case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
     case RD_KAFKA_RESP_ERR__MSG_TIMED_OUT:
     case RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION:
     case RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC:
     case RD_KAFKA_RESP_ERR__INVALID_ARG:
-    case RD_KAFKA_RESP_ERR__CONFLICT:
-        return CM_ERR_INVALID;
-    default:
-        return fatal ? CM_ERR_FATAL : CM_ERR_KAFKA;
+    case RD_KAFKA_RESP_ERR__CONFLICT: return CM_ERR_INVALID;
+    default: return fatal ? CM_ERR_FATAL : CM_ERR_KAFKA;
     }
 }
 
-cm_err_t cm_producer_produce(cm_producer_t *p, const char *topic, const void *key,
-                             size_t key_len, const void *value, size_t value_len,
-                             const cm_kafka_header_t *headers, size_t header_count,
-                             void *msg_opaque)
+cm_err_t cm_producer_produce(cm_producer_t *p, const char *topic, const void *key, size_t key_len,
+                             const void *value, size_t value_len, const cm_kafka_header_t *headers,
+                             size_t header_count, void *msg_opaque)
 {
     cm_kafka_msg_t m = {
         .topic = topic,
@@ -249,7 +241,10 @@ void cm_producer_get_stats(const cm_producer_t *p, cm_producer_stats_t *out)
     out->ready = cm_producer_ready(p);
 }
 
-rd_kafka_t *cm_producer_handle(cm_producer_t *p) { return p ? p->rk : NULL; }
+rd_kafka_t *cm_producer_handle(cm_producer_t *p)
+{
+    return p ? p->rk : NULL;
+}
 
 void cm_producer_destroy(cm_producer_t *p, int timeout_ms)
 {
@@ -260,8 +255,8 @@ void cm_producer_destroy(cm_producer_t *p, int timeout_ms)
             /* Whatever is left gets a failed delivery report, so every
              * accepted record is still reported exactly once. */
             int left = rd_kafka_outq_len(p->rk);
-            cm_log_warn("kafka producer closing with records undelivered", "records", "%d",
-                        left, NULL);
+            cm_log_warn("kafka producer closing with records undelivered", "records", "%d", left,
+                        NULL);
             rd_kafka_purge(p->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
             cm_producer_flush(p, 2000);
         }

@@ -70,6 +70,7 @@ struct cm_txloop {
     int txn_msgs;
     int txn_dr_failed;                            /* delivery failures seen in it (logged once) */
     rd_kafka_topic_partition_list_t *txn_offsets; /* next offset per input partition */
+    cm_offset_guard_t guard; /* next offset to process per assigned partition */
 
     cm_err_t pending; /* set inside callbacks: cm_txloop_run returns it */
     bool fatal;       /* the producer is unusable */
@@ -215,6 +216,8 @@ static void rewind_and_notify(cm_txloop_t *l)
             }
         }
     }
+    for (int i = 0; i < a->cnt; i++)
+        cm_guard_set(&l->guard, a->elems[i].topic, a->elems[i].partition, a->elems[i].offset);
     cm_kafka_log_parts("kafka input rewound to committed offsets", a);
     if (l->cb.on_abort)
         l->cb.on_abort(l, a, l->opaque);
@@ -374,6 +377,9 @@ static void on_assign(cm_txloop_t *l, rd_kafka_topic_partition_list_t *parts, bo
             }
         }
     }
+    for (int i = 0; !err && i < parts->cnt; i++)
+        cm_guard_set(&l->guard, parts->elems[i].topic, parts->elems[i].partition,
+                     parts->elems[i].offset);
     if (!err && l->cb.on_assign) {
         cm_err_t aerr = l->cb.on_assign(l, parts, l->opaque);
         if (aerr) {
@@ -431,6 +437,7 @@ static void on_revoke(cm_txloop_t *l, rd_kafka_topic_partition_list_t *parts, bo
             rd_kafka_error_destroy(error);
         set_pending(l, CM_ERR_FATAL);
     }
+    cm_guard_remove(&l->guard, parts);
     /* The partitions that stay had their share of the aborted transaction. */
     if (aborted && !l->fatal)
         rewind_and_notify(l);
@@ -506,6 +513,7 @@ cm_txloop_t *cm_txloop_new(const cm_txloop_opts_t *o, char *errstr, size_t errst
     l->should_stop = o->should_stop;
     l->deadline_ms = INT64_MAX;
     l->txn_offsets = rd_kafka_topic_partition_list_new(16);
+    cm_guard_init(&l->guard);
     l->txn_id = xstrdup(o->transactional_id);
     l->topics = calloc(o->topic_count, sizeof(char *));
     if (!l->txn_id || !l->topics)
@@ -640,6 +648,12 @@ static void handle_message(cm_txloop_t *l, rd_kafka_message_t *m)
             cm_log_warn("kafka consume error", "error", "%s", rd_kafka_err2name(m->err), "reason",
                         "%s", rd_kafka_message_errstr(m), NULL);
         }
+        return;
+    }
+    /* Exactly-once also needs the input read once: a record the consumer
+     * hands out again (librdkafka #4637) must not be processed again. */
+    if (!cm_guard_accept(&l->guard, m)) {
+        CM_ATOMIC_STORE(&l->st.redelivered_skipped, l->guard.skipped);
         return;
     }
     if (!txn_ensure(l))
@@ -932,6 +946,7 @@ void cm_txloop_get_stats(const cm_txloop_t *l, cm_txloop_stats_t *out)
     out->commit_lat_us_max = CM_ATOMIC_LOAD(&l->st.commit_lat_us_max);
     for (int i = 0; i < CM_TXLOOP_LAT_BUCKETS; i++)
         out->commit_lat_bucket[i] = CM_ATOMIC_LOAD(&l->st.commit_lat_bucket[i]);
+    out->redelivered_skipped = CM_ATOMIC_LOAD(&l->st.redelivered_skipped);
     out->assigned_partitions = CM_ATOMIC_LOAD(&l->st.assigned_partitions);
     out->running = CM_ATOMIC_LOAD(&l->st.running);
 }
@@ -974,6 +989,7 @@ void cm_txloop_destroy(cm_txloop_t *l)
         rd_kafka_destroy(l->producer);
     if (l->txn_offsets)
         rd_kafka_topic_partition_list_destroy(l->txn_offsets);
+    cm_guard_free(&l->guard);
     for (size_t i = 0; l->topics && i < l->topic_count; i++)
         free(l->topics[i]);
     free(l->topics);

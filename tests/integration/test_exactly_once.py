@@ -238,7 +238,8 @@ def test_two_instances_rebalance_exactly_once(stack, procs, unique):
     assert revokes >= 2
     print(f"\ntwo instances: {n} records, 3 kills, {len(all_procs)} processes, "
           f"{revokes} revocations, {logs.count('kafka transaction aborted')} aborts "
-          f"(by the survivors), exactly once")
+          f"(by the survivors), {logs.count('kafka record delivered again')} re-deliveries "
+          f"dropped, exactly once")
 
 
 def test_sigterm_exits_zero_within_10s(stack, procs, unique):

@@ -23,6 +23,7 @@
 #include <librdkafka/rdkafka_mock.h>
 
 #include "cm_kafka.h"
+#include "cm_kafka_int.h"
 #include "cm_log.h"
 #include "cm_time.h"
 
@@ -42,8 +43,7 @@ static int mock_setup(void **state)
     char errstr[256];
     mock_t *m = calloc(1, sizeof(*m));
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    assert_int_equal(rd_kafka_conf_set(conf, "test.mock.num.brokers", "1", errstr,
-                                       sizeof(errstr)),
+    assert_int_equal(rd_kafka_conf_set(conf, "test.mock.num.brokers", "1", errstr, sizeof(errstr)),
                      RD_KAFKA_CONF_OK);
     rd_kafka_conf_set(conf, "log_level", "2", errstr, sizeof(errstr));
     m->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
@@ -66,16 +66,21 @@ static int mock_teardown(void **state)
 /* n records "k<i % keys>" -> "<i>" into topic, spread by key. */
 static void mock_produce(mock_t *m, const char *topic, int n, int keys)
 {
+    /* Learn the new topic now rather than at the next metadata refresh. */
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_topic_t *rkt = rd_kafka_topic_new(m->rk, topic, NULL);
+    assert_int_equal(rd_kafka_metadata(m->rk, 0, rkt, &md, 5000), RD_KAFKA_RESP_ERR_NO_ERROR);
+    rd_kafka_metadata_destroy(md);
+    rd_kafka_topic_destroy(rkt);
     for (int i = 0; i < n; i++) {
         char k[32], v[32];
         snprintf(k, sizeof(k), "k%d", i % keys);
         snprintf(v, sizeof(v), "%d", i);
-        assert_int_equal(rd_kafka_producev(m->rk, RD_KAFKA_V_TOPIC(topic),
-                                           RD_KAFKA_V_KEY(k, strlen(k)),
-                                           RD_KAFKA_V_VALUE(v, strlen(v)),
-                                           RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                                           RD_KAFKA_V_END),
-                         RD_KAFKA_RESP_ERR_NO_ERROR);
+        assert_int_equal(
+            rd_kafka_producev(m->rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(k, strlen(k)),
+                              RD_KAFKA_V_VALUE(v, strlen(v)),
+                              RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END),
+            RD_KAFKA_RESP_ERR_NO_ERROR);
     }
     assert_int_equal(rd_kafka_flush(m->rk, 10000), RD_KAFKA_RESP_ERR_NO_ERROR);
 }
@@ -182,8 +187,7 @@ static void test_producer_queue_full(void **state)
     cm_producer_t *p = cm_producer_new(&po, errstr, sizeof(errstr));
     assert_non_null(p);
     for (intptr_t i = 1; i <= 10; i++)
-        assert_int_equal(cm_producer_produce(p, "qf", "k", 1, "v", 1, NULL, 0, (void *)i),
-                         CM_OK);
+        assert_int_equal(cm_producer_produce(p, "qf", "k", 1, "v", 1, NULL, 0, (void *)i), CM_OK);
     int64_t t0 = cm_mono_ms();
     assert_int_equal(cm_producer_produce(p, "qf", "k", 1, "v", 1, NULL, 0, (void *)99),
                      CM_ERR_RETRY);
@@ -242,6 +246,51 @@ static void test_producer_delivery_headers_and_ready(void **state)
     cm_producer_destroy(p, 5000);
 }
 
+static void test_offset_guard_drops_redeliveries(void **state)
+{
+    mock_t *m = *state;
+    cm_offset_guard_t g;
+    cm_guard_init(&g);
+    rd_kafka_topic_t *rkt = rd_kafka_topic_new(m->rk, "g", NULL);
+    rd_kafka_message_t msg = {.rkt = rkt, .partition = 0};
+    /* Unknown start: the first record sets the expectation. */
+    msg.offset = 7;
+    assert_true(cm_guard_accept(&g, &msg));
+    msg.offset = 8;
+    assert_true(cm_guard_accept(&g, &msg));
+    /* A stale fetch hands out 7 and 8 again: dropped; 9 goes on. */
+    msg.offset = 7;
+    assert_false(cm_guard_accept(&g, &msg));
+    msg.offset = 8;
+    assert_false(cm_guard_accept(&g, &msg));
+    msg.offset = 9;
+    assert_true(cm_guard_accept(&g, &msg));
+    /* Gaps (aborted records, compaction) are fine. */
+    msg.offset = 20;
+    assert_true(cm_guard_accept(&g, &msg));
+    assert_int_equal(g.skipped, 2);
+    /* A deliberate rewind resets the expectation; a logical offset clears it. */
+    cm_guard_set(&g, "g", 0, 3);
+    msg.offset = 3;
+    assert_true(cm_guard_accept(&g, &msg));
+    cm_guard_set(&g, "g", 0, RD_KAFKA_OFFSET_BEGINNING);
+    msg.offset = 0;
+    assert_true(cm_guard_accept(&g, &msg));
+    /* Other partitions are independent; a revoked one is forgotten. */
+    msg.partition = 1;
+    msg.offset = 0;
+    assert_true(cm_guard_accept(&g, &msg));
+    rd_kafka_topic_partition_list_t *rv = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(rv, "g", 0);
+    cm_guard_remove(&g, rv);
+    rd_kafka_topic_partition_list_destroy(rv);
+    msg.partition = 0;
+    msg.offset = 0;
+    assert_true(cm_guard_accept(&g, &msg));
+    rd_kafka_topic_destroy(rkt);
+    cm_guard_free(&g);
+}
+
 /* ----------------------------------------------------------- consumer */
 
 typedef struct hook {
@@ -273,13 +322,16 @@ static void test_consumer_hook_chooses_start(void **state)
     assert_non_null(p);
     cm_kafka_header_t hd[] = {{"reason", "late", 4}, {"empty", NULL, 0}};
     for (int i = 0; i < 50; i++)
-        assert_int_equal(cm_producer_produce(p, "lake", "user-1", 6, "{}", 2, hd, 2, NULL),
-                         CM_OK);
+        assert_int_equal(cm_producer_produce(p, "lake", "user-1", 6, "{}", 2, hd, 2, NULL), CM_OK);
     cm_producer_destroy(p, 5000);
     hook_t h = {.start_at = 30};
     const char *topics[] = {"lake"};
-    cm_consumer_opts_t co = {.bootstrap = m->bootstrap, .group_id = "g-lake", .topics = topics,
-                             .topic_count = 1, .on_rebalance = start_hook, .opaque = &h};
+    cm_consumer_opts_t co = {.bootstrap = m->bootstrap,
+                             .group_id = "g-lake",
+                             .topics = topics,
+                             .topic_count = 1,
+                             .on_rebalance = start_hook,
+                             .opaque = &h};
     cm_consumer_t *c = cm_consumer_new(&co, errstr, sizeof(errstr));
     assert_non_null(c);
     int got = 0;
@@ -333,7 +385,7 @@ static void test_consumer_hook_chooses_start(void **state)
 
 typedef struct app {
     const char *out;
-    int target;            /* stop once this many records were processed */
+    int target;             /* stop once this many records were processed */
     int target_after_abort; /* else: stop once this many were processed after an abort */
     int processed;
     int since_abort;
@@ -359,8 +411,7 @@ static cm_err_t app_process(cm_txloop_t *loop, const rd_kafka_message_t *msg, vo
     if (a->target_after_abort ? a->aborts > 0 && a->since_abort >= a->target_after_abort
                               : a->processed >= a->target)
         a->stop = 1;
-    return cm_txloop_produce(loop, a->out, msg->key, msg->key_len, msg->payload, msg->len, NULL,
-                             0);
+    return cm_txloop_produce(loop, a->out, msg->key, msg->key_len, msg->payload, msg->len, NULL, 0);
 }
 
 static cm_err_t count_restore(const rd_kafka_message_t *msg, void *opaque)
@@ -377,22 +428,20 @@ static cm_err_t app_assign(cm_txloop_t *loop, const rd_kafka_topic_partition_lis
     a->assigns++;
     if (a->changelog)
         for (int i = 0; i < parts->cnt; i++)
-            assert_int_equal(
-                cm_txloop_restore(loop, a->changelog, parts->elems[i].partition, count_restore,
-                                  a, 5000),
-                CM_OK);
+            assert_int_equal(cm_txloop_restore(loop, a->changelog, parts->elems[i].partition,
+                                               count_restore, a, 5000),
+                             CM_OK);
     return CM_OK;
 }
 
-static void app_revoke(cm_txloop_t *loop, const rd_kafka_topic_partition_list_t *parts,
-                       bool lost, void *opaque)
+static void app_revoke(cm_txloop_t *loop, const rd_kafka_topic_partition_list_t *parts, bool lost,
+                       void *opaque)
 {
     (void)loop, (void)parts, (void)lost;
     ((app_t *)opaque)->revokes++;
 }
 
-static void app_abort(cm_txloop_t *loop, const rd_kafka_topic_partition_list_t *parts,
-                      void *opaque)
+static void app_abort(cm_txloop_t *loop, const rd_kafka_topic_partition_list_t *parts, void *opaque)
 {
     app_t *a = opaque;
     (void)loop;
@@ -572,8 +621,8 @@ static void test_txloop_bad_options(void **state)
     mock_t *m = *state;
     char errstr[256];
     const char *topics[] = {"x"};
-    cm_txloop_opts_t o = {.bootstrap = m->bootstrap, .group_id = "g", .topics = topics,
-                          .topic_count = 1};
+    cm_txloop_opts_t o = {
+        .bootstrap = m->bootstrap, .group_id = "g", .topics = topics, .topic_count = 1};
     assert_null(cm_txloop_new(&o, errstr, sizeof(errstr)));
     assert_non_null(strstr(errstr, "transactional id"));
     cm_kv_t kv[] = {{"bogus.prop", "1"}};
@@ -601,10 +650,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_producer_queue_full, mock_setup, mock_teardown),
         cmocka_unit_test_setup_teardown(test_producer_delivery_headers_and_ready, mock_setup,
                                         mock_teardown),
+        cmocka_unit_test_setup_teardown(test_offset_guard_drops_redeliveries, mock_setup,
+                                        mock_teardown),
         cmocka_unit_test_setup_teardown(test_consumer_hook_chooses_start, mock_setup,
                                         mock_teardown),
-        cmocka_unit_test_setup_teardown(test_txloop_copies_and_commits, mock_setup,
-                                        mock_teardown),
+        cmocka_unit_test_setup_teardown(test_txloop_copies_and_commits, mock_setup, mock_teardown),
         cmocka_unit_test_setup_teardown(test_txloop_abortable_commit_rewinds, mock_setup,
                                         mock_teardown),
         cmocka_unit_test_setup_teardown(test_txloop_tick_output_fenced_is_fatal, mock_setup,

@@ -39,8 +39,8 @@ static const cm_config_entry_t rp_config_table[] = {
      "Kafka bootstrap servers, host:port[,host:port] (required)", NULL, false},
     {CM_CFG_ENUM, "CS_REPLAY_LOG_LEVEL", "info", offsetof(rp_config_t, log_level), 0, 0,
      "lowest level of the JSON log lines written to stderr", "debug|info|warn|error", false},
-    {CM_CFG_MS, "CS_REPLAY_COMMIT_INTERVAL", "100ms", offsetof(rp_config_t, commit_interval_ms),
-     10, 60000, "how often the open transaction is committed", NULL, false},
+    {CM_CFG_MS, "CS_REPLAY_COMMIT_INTERVAL", "100ms", offsetof(rp_config_t, commit_interval_ms), 10,
+     60000, "how often the open transaction is committed", NULL, false},
     {0},
 };
 
@@ -49,10 +49,10 @@ typedef struct rp {
     const char *to;
     const char *strip[RP_MAX_STRIP];
     int strip_count;
-    int64_t idle_ms;          /* 0: never stop on idle */
+    int64_t idle_ms;            /* 0: never stop on idle */
     int64_t next_idle_check_ms; /* mono */
-    double max_rate;          /* records per second; 0: no limit */
-    int64_t rate_start_us;    /* mono */
+    double max_rate;            /* records per second; 0: no limit */
+    int64_t rate_start_us;      /* mono */
     uint64_t rate_count;
     int64_t last_activity_ms; /* mono */
     int64_t next_progress_ms; /* mono */
@@ -171,8 +171,8 @@ static cm_err_t rp_process(cm_txloop_t *loop, const rd_kafka_message_t *msg, voi
     };
     cm_err_t err = cm_txloop_send(loop, &out);
     if (err == CM_ERR_INVALID)
-        cm_log_error("record cannot be copied", "partition", "%d", (int)msg->partition,
-                     "offset", "%ld", (long)msg->offset, NULL);
+        cm_log_error("record cannot be copied", "partition", "%d", (int)msg->partition, "offset",
+                     "%ld", (long)msg->offset, NULL);
     return err;
 }
 
@@ -247,13 +247,12 @@ static bool rp_should_stop(void *opaque)
     int parts = rp_partition_count(cm_txloop_consumer(rp->loop), rp->from);
     if (parts <= 0 || st.assigned_partitions < parts)
         return false;
-    cm_log_info("idle: stopping", "idle_ms", "%ld", (long)rp->idle_ms, "partitions", "%d",
-                parts, NULL);
+    cm_log_info("idle: stopping", "idle_ms", "%ld", (long)rp->idle_ms, "partitions", "%d", parts,
+                NULL);
     return true;
 }
 
-static int rp_parse_args(int argc, char **argv, rp_t *rp, const char **group,
-                         const char **txn_id)
+static int rp_parse_args(int argc, char **argv, rp_t *rp, const char **group, const char **txn_id)
 {
     static const struct option longopts[] = {
         {"from", required_argument, NULL, 'f'},
@@ -270,18 +269,10 @@ static int rp_parse_args(int argc, char **argv, rp_t *rp, const char **group,
     int c;
     while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
         switch (c) {
-        case 'f':
-            rp->from = optarg;
-            break;
-        case 't':
-            rp->to = optarg;
-            break;
-        case 'g':
-            *group = optarg;
-            break;
-        case 'x':
-            *txn_id = optarg;
-            break;
+        case 'f': rp->from = optarg; break;
+        case 't': rp->to = optarg; break;
+        case 'g': *group = optarg; break;
+        case 'x': *txn_id = optarg; break;
         case 's':
             if (rp->strip_count == RP_MAX_STRIP) {
                 fprintf(stderr, RP_NAME ": at most %d --strip-header options\n", RP_MAX_STRIP);
@@ -293,7 +284,8 @@ static int rp_parse_args(int argc, char **argv, rp_t *rp, const char **group,
             char *end = NULL;
             double s = strtod(optarg, &end);
             if (!end || *end || end == optarg || s <= 0 || s > 86400) {
-                fprintf(stderr, RP_NAME ": --exit-when-idle wants seconds in (0, 86400], got '%s'\n",
+                fprintf(stderr,
+                        RP_NAME ": --exit-when-idle wants seconds in (0, 86400], got '%s'\n",
                         optarg);
                 return 2;
             }
@@ -311,12 +303,9 @@ static int rp_parse_args(int argc, char **argv, rp_t *rp, const char **group,
             rp->max_rate = r;
             break;
         }
-        case 'h':
-            rp_usage(stdout);
-            return 1;
+        case 'h': rp_usage(stdout); return 1;
         case ':':
-            fprintf(stderr, RP_NAME ": option '%s' needs a value (try --help)\n",
-                    argv[optind - 1]);
+            fprintf(stderr, RP_NAME ": option '%s' needs a value (try --help)\n", argv[optind - 1]);
             return 2;
         default:
             fprintf(stderr, RP_NAME ": unknown option '%s' (try --help)\n", argv[optind - 1]);
