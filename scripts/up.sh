@@ -47,9 +47,15 @@ start_service dashboard-ws
 if [ "${LOADGEN:-on}" != off ] && [ -x "$ROOT/build/bin/cs-loadgen" ] && [ -x "$ROOT/build/bin/ingest-gateway" ]; then
     wait_port 127.0.0.1 "${GATEWAY_PORT:-8080}" 20 || die "the gateway did not open :${GATEWAY_PORT:-8080}; see $RUN/logs/ingest-gateway.log"
     if ! pid_alive "$RUN/pids/cs-loadgen.pid"; then
+        # Live event time: the simulated clock starts 20 s ago, and with
+        # 1500 simulated users per event/s it advances a little slower than
+        # the wall clock (a shop's users come back every ~2.5 h), so events
+        # stay near "now" and never run into the gateway's future limit.
+        rate=${LOADGEN_RATE:-200}
         start_bg "$RUN/pids/cs-loadgen.pid" "$RUN/logs/cs-loadgen.log" "$ROOT/build/bin/cs-loadgen" \
-            --url "http://127.0.0.1:${GATEWAY_PORT:-8080}/v1/events" --rate "${LOADGEN_RATE:-200}" \
-            --duration 86400 --users 5000
+            --url "http://127.0.0.1:${GATEWAY_PORT:-8080}/v1/events" --rate "$rate" \
+            --duration 86400 --users $((rate * 1500)) --start $(( $(date +%s) * 1000 - 20000 )) \
+            --dup 0.01 --ooo 0.02 --late 0.002 --invalid 0.005 --progress 10
         say "started the load generator at ${LOADGEN_RATE:-200} events/s"
     fi
 fi
