@@ -17,41 +17,37 @@ APT_PACKAGES=(
 # The browser test drives Debian's Chromium (playwright-core from npm).
 TEST_APT_PACKAGES=(chromium nodejs npm)
 
-missing=()
-for p in "${APT_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
+# apt_install_missing PACKAGE...: installs those not installed yet (node and
+# npm count as present when on PATH, e.g. a Node.js not from Debian).
+apt_install_missing() {
+    local missing=() p
+    for p in "$@"; do
+        case "$p" in nodejs) command -v node >/dev/null && continue ;; npm) command -v npm >/dev/null && continue ;; esac
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    [ ${#missing[@]} -gt 0 ] || return 0
     say "installing Debian packages: ${missing[*]}"
-    SUDO=""
-    [ "$(id -u)" -ne 0 ] && SUDO=sudo
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo=sudo
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+apt_install_missing "${APT_PACKAGES[@]}"
 
 # Kafka: the real broker jars, fetched once.
 if [ ! -f "$KAFKA_LIBS/kafka_2.13-$KAFKA_VERSION.jar" ]; then
     say "fetching Apache Kafka $KAFKA_VERSION jars from Maven Central"
     mkdir -p "$KAFKA_LIBS.tmp"
-    mvn -q -B -f "$ROOT/tools/kafka/pom.xml" -Dkafka.version="$KAFKA_VERSION" \
-        dependency:copy-dependencies -DoutputDirectory="$KAFKA_LIBS.tmp" >/dev/null
+    mkdir -p "$CACHE"
+    mvn -q -B -Dstyle.color=never -f "$ROOT/tools/kafka/pom.xml" -Dkafka.version="$KAFKA_VERSION" \
+        dependency:copy-dependencies -DoutputDirectory="$KAFKA_LIBS.tmp" >"$CACHE/mvn-kafka.log" 2>&1 ||
+        die "Maven could not fetch the Kafka jars: $(tail -5 "$CACHE/mvn-kafka.log")"
     rm -rf "$KAFKA_LIBS" && mv "$KAFKA_LIBS.tmp" "$KAFKA_LIBS"
 fi
 
 if [ "${1:-}" != "--no-python" ]; then
-    missing=()
-    for p in "${TEST_APT_PACKAGES[@]}"; do
-        # node and npm may come from elsewhere than Debian (e.g. a preinstalled Node.js).
-        case "$p" in nodejs) command -v node >/dev/null && continue ;; npm) command -v npm >/dev/null && continue ;; esac
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-    done
-    if [ ${#missing[@]} -gt 0 ]; then
-        say "installing Debian packages for the tests: ${missing[*]}"
-        SUDO=""
-        [ "$(id -u)" -ne 0 ] && SUDO=sudo
-        $SUDO apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    fi
+    apt_install_missing "${TEST_APT_PACKAGES[@]}"
     if [ ! -d "$ROOT/tests/browser/node_modules/playwright-core" ]; then
         say "installing the browser test's npm packages"
         (cd "$ROOT/tests/browser" && npm ci --no-audit --no-fund --silent)

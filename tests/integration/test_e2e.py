@@ -28,7 +28,7 @@ import pytest
 
 from conftest import bin_path, create_topics, http_get
 from reference.sessions_ref import reference
-from test_sessionizer import FIELDS, decode_session, read_all, wait_caught_up
+from test_sessionizer import FIELDS, decode_session, final_sessions, read_all, wait_caught_up
 from test_sessionizer import EVENT_SCHEMA  # noqa: F401  (same schema file)
 
 import fastavro
@@ -202,15 +202,7 @@ def test_pipeline_equals_reference(stack, e2e):
     ref = reference(parts)
     flush_ids = set(flush_users(RAW_PARTITIONS))
     want = {sid: s for sid, s in ref["sessions"].items() if s["user_id"] not in flush_ids}
-    recs = [decode_session(r[3]) for r in read_all(bs, e2e["sessions"], 3)]
-    seen, last = set(), {}
-    for r in recs:
-        k = (r["session_id"], r["revision"])
-        assert k not in seen, f"session record twice: {k}"
-        seen.add(k)
-        if r["session_id"] not in last or r["revision"] > last[r["session_id"]]["revision"]:
-            last[r["session_id"]] = r
-    got = {sid: {f: r[f] for f in FIELDS} for sid, r in last.items() if not r["tombstone"]}
+    got = final_sessions(decode_session(r[3]) for r in read_all(bs, e2e["sessions"], 3))
     missing = sorted(set(want) - set(got))
     extra = sorted(set(got) - set(want))
     assert not missing and not extra, (

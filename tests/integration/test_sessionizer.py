@@ -191,6 +191,22 @@ FIELDS = ["session_id", "user_id", "start", "end", "duration_ms", "event_count",
           "entry_url", "exit_url", "device_type", "country", "converted", "revenue_micros"]
 
 
+def final_sessions(recs):
+    """The last revision of every session that is not a tombstone, after
+    checking that each (session_id, revision) came once and none is missing."""
+    seen, last = set(), {}
+    for r in recs:
+        k = (r["session_id"], r["revision"])
+        assert k not in seen, f"session record twice: {k}"
+        seen.add(k)
+        if r["session_id"] not in last or r["revision"] > last[r["session_id"]]["revision"]:
+            last[r["session_id"]] = r
+    for sid, r in last.items():  # no revision lost
+        revs = sorted(rv for s, rv in seen if s == sid)
+        assert revs == list(range(len(revs))), f"{sid}: revisions {revs}"
+    return {sid: {f: r[f] for f in FIELDS} for sid, r in last.items() if not r["tombstone"]}
+
+
 def check_outputs(stack, t, raw_items_by_value):
     """Compares the run's outputs with the reference; returns the reference."""
     bs = stack["KAFKA_BOOTSTRAP"]
@@ -202,18 +218,7 @@ def check_outputs(stack, t, raw_items_by_value):
     flush_users = {f"flush-{t['seed']}-{p}" for p in range(RAW_PARTITIONS)}
     want = {sid: s for sid, s in ref["sessions"].items() if s["user_id"] not in flush_users}
 
-    recs = [decode_session(r[3]) for r in read_all(bs, t["sessions"], 3)]
-    seen, last = set(), {}
-    for r in recs:
-        k = (r["session_id"], r["revision"])
-        assert k not in seen, f"session record twice: {k}"
-        seen.add(k)
-        if r["session_id"] not in last or r["revision"] > last[r["session_id"]]["revision"]:
-            last[r["session_id"]] = r
-    for sid, r in last.items():  # no revision lost
-        revs = sorted(rv for s, rv in seen if s == sid)
-        assert revs == list(range(len(revs))), f"{sid}: revisions {revs}"
-    got = {sid: {f: r[f] for f in FIELDS} for sid, r in last.items() if not r["tombstone"]}
+    got = final_sessions(decode_session(r[3]) for r in read_all(bs, t["sessions"], 3))
     missing = sorted(set(want) - set(got))
     extra = sorted(set(got) - set(want))
     assert not missing and not extra, \
