@@ -80,7 +80,7 @@ deadline=$(( $(date +%s) + 600 ))
 while [ "$(date +%s)" -lt "$deadline" ]; do
     sleep 0.2
     kill -0 "$ag_pid" 2>/dev/null || { tail -20 "$work/aggregator.log" >&2; exit 1; }
-    done_n=$(metric_sum aggregator_events_total 2>/dev/null || echo 0)
+    done_n=$(metric_sum aggregator_events_total 2>/dev/null || true)
     [ "${done_n:-0}" -ge "$N" ] && break
 done
 end=$(date +%s.%N)
