@@ -160,22 +160,25 @@ int main(int argc, char **argv)
         return argc < 2 ? 2 : 0;
     }
     const char *cmd = argv[1];
+    int known = !strcmp(cmd, "wait") || !strcmp(cmd, "create-topics") || !strcmp(cmd, "offsets");
+    if (!known) {
+        fprintf(stderr, "cs-admin: unknown command '%s' (try --help)\n", cmd);
+        return 2;
+    }
     int opt;
+    opterr = 0;
     optind = 2;
     while ((opt = getopt(argc, argv, "b:t:")) != -1) {
         switch (opt) {
         case 'b': bootstrap = optarg; break;
         case 't': secs = atoi(optarg); break;
-        default: usage(stderr); return 2;
+        default:
+            fprintf(stderr, "cs-admin: unknown option '%s' (try --help)\n", argv[optind - 1]);
+            return 2;
         }
     }
     if (!bootstrap) {
         fprintf(stderr, "cs-admin: no bootstrap servers (-b or KAFKA_BOOTSTRAP)\n");
-        return 2;
-    }
-    int known = !strcmp(cmd, "wait") || !strcmp(cmd, "create-topics") || !strcmp(cmd, "offsets");
-    if (!known) {
-        fprintf(stderr, "cs-admin: unknown command '%s' (try --help)\n", cmd);
         return 2;
     }
     if (!strcmp(cmd, "offsets") && optind != argc - 1) {

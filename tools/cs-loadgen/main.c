@@ -140,6 +140,7 @@ int main(int argc, char **argv)
         {0, 0, 0, 0},
     };
     int c;
+    opterr = 0; /* one line of our own below instead of getopt's and the usage */
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         char *end = NULL;
         switch (c) {
@@ -154,8 +155,10 @@ int main(int argc, char **argv)
                 o.format = LG_FMT_ARRAY;
             else if (strcmp(optarg, "ndjson") == 0)
                 o.format = LG_FMT_NDJSON;
-            else
-                goto usage;
+            else {
+                fprintf(stderr, "cs-loadgen: --format must be array or ndjson\n");
+                return 2;
+            }
             break;
         case O_GZIP: o.gzip = true; break;
         case O_CONC: o.concurrency = (uint32_t)strtoul(optarg, &end, 10); break;
@@ -164,8 +167,11 @@ int main(int argc, char **argv)
         case O_SEED: g.seed = strtoull(optarg, &end, 10); break;
         case O_USERS: g.users = (uint32_t)strtoul(optarg, &end, 10); break;
         case O_START:
-            if (lg_parse_time(optarg, &g.start_ms))
-                goto usage;
+            if (lg_parse_time(optarg, &g.start_ms)) {
+                fprintf(stderr, "cs-loadgen: --start must be RFC 3339 or epoch ms, not '%s'\n",
+                        optarg);
+                return 2;
+            }
             start_set = true;
             break;
         case O_THINK: g.think_ms = strtoll(optarg, &end, 10); break;
@@ -185,14 +191,17 @@ int main(int argc, char **argv)
         }
         if (end && *end) {
             fprintf(stderr, "cs-loadgen: bad number '%s'\n", optarg);
-            goto usage;
+            return 2;
         }
     }
     if (optind < argc || o.batch < 1 || o.batch > 100000 || o.concurrency < 1 ||
         o.concurrency > 10000 || g.users < 1 || o.rate < 0 || duration_s < 0 ||
         g.f_dup + g.f_ooo + g.f_late + g.f_invalid > 1 || g.f_dup < 0 || g.f_ooo < 0 ||
-        g.f_late < 0 || g.f_invalid < 0)
-        goto usage;
+        g.f_late < 0 || g.f_invalid < 0) {
+        fprintf(stderr, "cs-loadgen: an option is out of range (batch 1..100000, concurrency "
+                        "1..10000, users >= 1, fractions >= 0 summing to <= 1; try --help)\n");
+        return 2;
+    }
     o.duration_ms = (int64_t)(duration_s * 1000);
     if (!o.count && !o.duration_ms)
         o.count = 10000;
@@ -265,6 +274,7 @@ int main(int argc, char **argv)
     lg_gen_destroy(gen);
     return rc;
 usage:
-    lg_usage(stderr);
+    fprintf(stderr, "cs-loadgen: bad or unknown option '%s' (try --help)\n",
+            optind > 0 && optind <= argc ? argv[optind - 1] : "?");
     return 2;
 }
