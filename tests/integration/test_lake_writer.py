@@ -347,14 +347,17 @@ def test_kill9_exactly_once(stack, unique, procs, warehouse):
     def feed():
         nonlocal total
         i = 0
-        while not stop.is_set() and i < 60000:
+        # Input keeps flowing until the kill plan is over (capped), so that
+        # every writer of the plan, however slow the machine, has rows to
+        # commit and so reaches its crash point.
+        while not stop.is_set() and i < 200000:
             # Live traffic: the events of a run fall in an hour or two.
-            batch = [make_event(j, unique, spread_s=5400) for j in range(i, i + 2000)]
+            batch = [make_event(j, unique, spread_s=5400) for j in range(i, i + 500)]
             produce_all(p, topics.raw, [frame(EVENT, 1, e) for e in batch],
                         key=lambda k: batch[k]["user_id"].encode())
             i += len(batch)
             total = i
-            time.sleep(0.15)
+            time.sleep(0.25)
 
     th = threading.Thread(target=feed)
     th.start()
@@ -374,7 +377,7 @@ def test_kill9_exactly_once(stack, unique, procs, warehouse):
                 w.kill9()
             else:
                 w = procs("lake-writer", dict(env, LAKE_CRASH_AT=point))
-                w.p.wait(30)
+                w.p.wait(60)
                 assert w.p.returncode == -signal.SIGKILL, (point, w.tail())
             kills += 1
     finally:
