@@ -255,7 +255,8 @@ static cm_err_t src_apply(ag_app_t *a, cm_txloop_t *l, const rd_kafka_message_t 
         if (err == CM_ERR_NOMEM)
             return err;
         if (err) {
-            ag_source_skip(a->st, s, m->offset, now);
+            if ((err = ag_source_skip(a->st, s, m->offset, now)))
+                return err;
             cm_counter_inc(a->c_events[3]);
             return l ? send_late(a, l, m, "undecodable") : CM_OK;
         }
@@ -275,7 +276,8 @@ static cm_err_t src_apply(ag_app_t *a, cm_txloop_t *l, const rd_kafka_message_t 
     if (err == CM_ERR_NOMEM)
         return err;
     if (err) {
-        ag_source_skip(a->st, s, m->offset, now);
+        if ((err = ag_source_skip(a->st, s, m->offset, now)))
+            return err;
         cm_counter_inc(a->c_sessions[3]);
         return CM_OK;
     }

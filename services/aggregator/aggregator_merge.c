@@ -69,7 +69,7 @@ static const uint8_t *get_bytes(rd_t *r, size_t n)
 cm_err_t ag_pane_encode(const ag_source_t *s, const ag_pane_t *p, cm_buf_t *out)
 {
     size_t mark = out->len;
-    cm_err_t err = cm_buf_append(out, "P\x01", 2);
+    cm_err_t err = cm_buf_append(out, "P\x02", 2); /* v2: + late */
     err = err ? err : put_u(out, (uint64_t)ag_window_sizes[p->size_idx]);
     err = err ? err : put_s(out, p->start_ms);
     err = err ? err : put_u(out, (uint64_t)s->key);
@@ -313,14 +313,15 @@ static msrc_t *src_get(ag_merger_t *m, int32_t key)
     return s;
 }
 
-static cm_err_t apply_pane(ag_merger_t *m, rd_t *r, int64_t offset, bool replay)
+static cm_err_t apply_pane(ag_merger_t *m, rd_t *r, int version, int64_t offset, bool replay)
 {
     int64_t size_ms = (int64_t)get_u(r);
     int64_t start = get_s(r);
     int32_t src = (int32_t)get_u(r);
     (void)get_u(r); /* final: the merger decides by its own watermark */
-    ag_totals_t t;
-    for (int i = 0; i < AG_TOTAL_FIELDS; i++)
+    ag_totals_t t = {0};
+    int nf = version == 1 ? AG_TOTAL_FIELDS - 1 : AG_TOTAL_FIELDS; /* v1: no late */
+    for (int i = 0; i < nf; i++)
         *ag_totals_field(&t, i) = get_s(r);
     int k = size_index(size_ms);
     if (r->bad || k < 0 || ag_window_start(start, size_ms) != start)
@@ -449,10 +450,12 @@ cm_err_t ag_merger_apply(ag_merger_t *m, const void *data, size_t len, int64_t o
 {
     rd_t r = {data, (const uint8_t *)data + len, false};
     const uint8_t *h = get_bytes(&r, 2);
-    if (!h || h[1] != 1)
+    if (!h)
         return CM_ERR_PARSE;
-    if (h[0] == 'P')
-        return apply_pane(m, &r, offset, replay);
+    if (h[0] == 'P' && (h[1] == 1 || h[1] == 2))
+        return apply_pane(m, &r, h[1], offset, replay);
+    if (h[1] != 1)
+        return CM_ERR_PARSE;
     if (h[0] == 'Q')
         return apply_chunk(m, &r, offset, replay, now_ms);
     if (h[0] != 'H')

@@ -18,7 +18,7 @@ local base = p .. ":w:" .. size .. ":" .. start
 local srcs = redis.call("SMEMBERS", base .. ":src")
 table.sort(srcs)
 local names = {"events", "page_views", "purchases", "revenue_micros", "sessions",
-               "session_ms_sum", "bounces", "conversions"}
+               "session_ms_sum", "bounces", "conversions", "late"}
 local tot = {}
 for _, f in ipairs(names) do tot[f] = 0 end
 local dims = {}

@@ -27,7 +27,7 @@ const char ag_redis_read_lua[] =
     "local srcs = redis.call(\"SMEMBERS\", base .. \":src\")\n"
     "table.sort(srcs)\n"
     "local names = {\"events\", \"page_views\", \"purchases\", \"revenue_micros\", \"sessions\",\n"
-    "               \"session_ms_sum\", \"bounces\", \"conversions\"}\n"
+    "               \"session_ms_sum\", \"bounces\", \"conversions\", \"late\"}\n"
     "local tot = {}\n"
     "for _, f in ipairs(names) do tot[f] = 0 end\n"
     "local dims = {}\n"

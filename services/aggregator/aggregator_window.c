@@ -15,7 +15,7 @@ const char *const ag_dim_names[AG_N_DIMS] = {CM_DIM_URL, CM_DIM_CATEGORY, CM_DIM
                                              CM_DIM_COUNTRY, CM_DIM_EVENT_TYPE};
 const char *const ag_total_names[AG_TOTAL_FIELDS] = {
     "events",   "page_views",     "purchases", "revenue_micros",
-    "sessions", "session_ms_sum", "bounces",   "conversions"};
+    "sessions", "session_ms_sum", "bounces",   "conversions", "late"};
 
 /* What a session contributes, remembered to replace it on a revision. */
 struct ag_session_entry {
@@ -493,6 +493,27 @@ static inline int64_t sat_add(int64_t a, int64_t b)
     return r;
 }
 
+/* A raw record that goes to the late topic: counted in the 1-minute pane of
+ * the source's newest event (header, ag_totals_t). That pane is open (its
+ * end is above the newest event, the watermark below it), so the count
+ * reaches Redis, the merger and the coarser panes like any other change.
+ * Before the source's first event there is no such window: counted in
+ * /metrics only. */
+static cm_err_t count_late(ag_state_t *st, ag_source_t *s, int64_t offset, int64_t max_event)
+{
+    if (s->kind != AG_SRC_RAW || max_event == CM_WATERMARK_NONE)
+        return CM_OK;
+    ag_pane_t *p = pane_get(st, s, 0, ag_window_start(max_event, ag_window_sizes[0]), offset,
+                            max_event);
+    if (!p)
+        return CM_ERR_NOMEM;
+    p->t.late++;
+    p->redis_totals_dirty = true;
+    p->changed = true;
+    p->unfolded = true;
+    return CM_OK;
+}
+
 cm_err_t ag_source_event(ag_state_t *st, ag_source_t *s, const cm_event_t *ev, int64_t offset,
                          int64_t now_ms, ag_result_t *res)
 {
@@ -505,7 +526,7 @@ cm_err_t ag_source_event(ag_state_t *st, ag_source_t *s, const cm_event_t *ev, i
         cm_watermark_touch(st->wm, s->key, now_ms);
         s->n_late++;
         *res = AG_LATE;
-        return CM_OK;
+        return count_late(st, s, offset, max_before);
     }
     /* Memory-bound: start every load we can (intern slots, the HLL
      * register, then the count slots) before waiting on any, and let the
@@ -569,10 +590,11 @@ cm_err_t ag_source_event(ag_state_t *st, ag_source_t *s, const cm_event_t *ev, i
     return CM_OK;
 }
 
-void ag_source_skip(ag_state_t *st, ag_source_t *s, int64_t offset, int64_t now_ms)
+cm_err_t ag_source_skip(ag_state_t *st, ag_source_t *s, int64_t offset, int64_t now_ms)
 {
     s->next_offset = offset + 1;
     cm_watermark_touch(st->wm, s->key, now_ms);
+    return count_late(st, s, offset, ag_source_max_event(st, s));
 }
 
 /* --------------------------------------------------------------- sessions */

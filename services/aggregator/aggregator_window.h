@@ -84,13 +84,21 @@ static inline int32_t ag_src_key(ag_src_kind_t kind, int32_t partition)
     return ((int32_t)kind << 16) | partition;
 }
 
-/* The additive figures of a pane. */
+/*
+ * The additive figures of a pane. `late` counts the records of a raw source
+ * that went to clickstream.late (too late, or undecodable): such a record
+ * has no window of its own that is still open, so it is counted in the
+ * 1-minute window of the source's newest event (the window the partition is
+ * "at" when the record arrives) -- a pure function of the input like the
+ * rest, and what the dashboard's late/DLQ rate reads.
+ */
 typedef struct ag_totals {
     int64_t events, page_views, purchases, revenue_micros;
     int64_t sessions, session_ms_sum, bounces, conversions;
+    int64_t late;
 } ag_totals_t;
 
-#define AG_TOTAL_FIELDS 8
+#define AG_TOTAL_FIELDS 9
 /* Field names of ag_totals_t, in order (Redis hash fields, pane records). */
 extern const char *const ag_total_names[AG_TOTAL_FIELDS];
 static inline int64_t *ag_totals_field(ag_totals_t *t, int i)
@@ -202,8 +210,10 @@ cm_err_t ag_source_event(ag_state_t *st, ag_source_t *s, const cm_event_t *ev, i
 cm_err_t ag_source_session(ag_state_t *st, ag_source_t *s, const cm_session_t *ses,
                            int64_t offset, int64_t now_ms, ag_result_t *res);
 
-/* A record that could not be decoded: only the offset and idleness move. */
-void ag_source_skip(ag_state_t *st, ag_source_t *s, int64_t offset, int64_t now_ms);
+/* A record that could not be decoded: the offset and idleness move, and a
+ * raw source counts it as `late` (it goes to the late topic). CM_OK or
+ * CM_ERR_NOMEM. */
+cm_err_t ag_source_skip(ag_state_t *st, ag_source_t *s, int64_t offset, int64_t now_ms);
 
 /* Folds the raw 1-minute panes' changes into their 5-min and 1-h panes
  * (see top). A no-op for a sessions source. CM_OK or CM_ERR_NOMEM. */

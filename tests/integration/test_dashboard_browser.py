@@ -77,6 +77,8 @@ def redis_truth(r, prefix, frm, to):
         "bounce_rate": g("bounces") / ses if ses else 0,
         "conversion_rate": g("conversions") / ses if ses else 0,
         "events": g("events"),
+        "late": g("late"),
+        "late_rate": g("late") / (g("events") + g("late")) if g("events") + g("late") else 0,
         "series": {s: (w.get("events", 0), w.get("page_views", 0)) for s, w in wins.items()},
         "lists": top,
     }
@@ -122,7 +124,7 @@ def test_dashboard_in_browser(stack, procs, unique):
     lg = subprocess.Popen([bin_path("cs-loadgen"), "--url", f"http://127.0.0.1:{gw_port}/v1/events",
                            "--key", "browser-test-key", "--count", "15000", "--rate", "400",
                            "--users", "2000", "--gap-ms", "60000", "--think-ms", "8000",
-                           "--seed", "7", "--progress", "0"], stdout=lg_log, stderr=lg_log)
+                           "--seed", "7", "--late", "0.03", "--progress", "0"], stdout=lg_log, stderr=lg_log)
     try:
         env = {**os.environ, "DASHBOARD_URL": f"http://127.0.0.1:{db_port}/",
                "SCREENSHOT": os.path.join(ARTIFACTS, "dashboard.png"),
@@ -151,6 +153,8 @@ def test_dashboard_in_browser(stack, procs, unique):
     assert k["avg_session_ms"]["value"] == want["avg_session_ms"]
     assert k["bounce_rate"]["value"] == pytest.approx(want["bounce_rate"])
     assert k["conversion_rate"]["value"] == pytest.approx(want["conversion_rate"])
+    assert want["late"] > 0, "the load generator's late events were not counted in Redis"
+    assert k["late_rate"]["value"] == pytest.approx(want["late_rate"])
     for s, ev, pv in page["series"]:
         assert (ev, pv) == want["series"][s], f"window {s}"
     for dim, rows in page["lists"].items():

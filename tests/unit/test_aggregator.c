@@ -136,12 +136,22 @@ static void test_lateness_and_final(void **state)
     put(st, s, &ev, 6);
     mk_event(&ev, "e8", w + 3, "u", "click", NULL);
     assert_int_equal(put(st, s, &ev, 7), AG_LATE);
+    /* counted as `late` in the window of the newest event (e7), not its own */
+    assert_int_equal(ag_source_pane(s, 0, w + 6 * MIN)->t.late, 1);
+    assert_int_equal(ag_source_pane(s, 0, w)->t.late, 0);
+    /* an undecodable record too */
+    assert_int_equal(ag_source_skip(st, s, 8, 0), CM_OK);
+    assert_int_equal(ag_source_pane(s, 0, w + 6 * MIN)->t.late, 2);
+    assert_int_equal(s->next_offset, 9);
     /* the 1-min pane is closed (it stays until its change is sent to the
      * merger); the 1-h pane has exactly the accepted events */
     assert_true(ag_source_pane(s, 0, w)->closed);
     assert_int_equal(ag_source_pane(s, 0, w)->t.events, 3);
     ag_source_fold(st, s);
     assert_int_equal(ag_source_pane(s, 1, w)->t.events, 5); /* e1-e4, e6 */
+    assert_int_equal(ag_source_pane(s, 1, w)->t.late, 0);
+    assert_int_equal(ag_source_pane(s, 1, w + 5 * MIN)->t.late, 2);
+    assert_int_equal(ag_source_pane(s, 2, w)->t.late, 2);
     ag_pane_t *p1 = ag_source_pane(s, 0, w);
     p1->changed = false; /* as if sent to the merger */
     ag_source_advance(st, s);
@@ -155,6 +165,18 @@ static void test_lateness_and_final(void **state)
     assert_int_equal(ag_source_pane(s, 2, w)->t.events, 7);
     assert_int_equal(s->n_late, 1);
     cm_event_free(&ev);
+    ag_state_destroy(st);
+}
+
+static void test_undecodable_first(void **state)
+{
+    (void)state;
+    ag_state_t *st = new_state();
+    ag_source_t *s = ag_state_source(st, AG_SRC_RAW, 0, CM_WATERMARK_NONE, 0);
+    /* before the first event there is no window to count it in */
+    assert_int_equal(ag_source_skip(st, s, 0, 0), CM_OK);
+    assert_int_equal(s->n_open, 0);
+    assert_int_equal(s->next_offset, 1);
     ag_state_destroy(st);
 }
 
@@ -658,6 +680,7 @@ int main(void)
         cmocka_unit_test(test_merger_chunks),
         cmocka_unit_test(test_intern_compaction),
         cmocka_unit_test(test_lua_embedded),
+        cmocka_unit_test(test_undecodable_first),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

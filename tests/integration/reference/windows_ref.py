@@ -15,6 +15,10 @@ Rules mirrored from services/aggregator/README.md ("Window rules"):
   tombstone removes it, a revision whose earlier revision's window is late is
   ignored, so is a revision not above the one counted; a new session whose
   own window is late is ignored.
+- `late` of a window: records of a partition that went to the late topic
+  (late events, and undecodable records, given as None in the input) while
+  the partition's newest event was in that window (no count before the
+  partition's first event).
 unique_users is exact here (a set); the C side uses HyperLogLog.
 """
 from collections import defaultdict
@@ -29,13 +33,14 @@ def wstart(t, size):
 
 class Window:
     __slots__ = ("events", "page_views", "purchases", "revenue_micros", "users", "counts",
-                 "sessions", "session_ms_sum", "bounces", "conversions")
+                 "sessions", "session_ms_sum", "bounces", "conversions", "late")
 
     def __init__(self):
         self.events = self.page_views = self.purchases = self.revenue_micros = 0
         self.users = set()
         self.counts = {d: defaultdict(int) for d in DIMS}
         self.sessions = self.session_ms_sum = self.bounces = self.conversions = 0
+        self.late = 0
 
     def result(self, top_n=100):
         urls = sorted(((u, c) for u, c in self.counts["url"].items() if c > 0),
@@ -51,6 +56,7 @@ class Window:
             "avg_session_ms": self.session_ms_sum / s if s else 0.0,
             "bounce_rate": self.bounces / s if s else 0.0,
             "conversion_rate": self.conversions / s if s else 0.0,
+            "late": self.late,
         }
 
 
@@ -59,23 +65,29 @@ def _late(t, wm, lateness):
 
 
 def compute(raw_partitions, session_partitions, bound=10000, lateness=300000):
-    """raw_partitions: list (per partition) of event dicts in offset order
+    """raw_partitions: list (per partition) of event dicts (None: an
+    undecodable record) in offset order
     (keys: event_id, timestamp (ms), user_id, event_type, page_url, geo
     {country}, device {type}, metadata {category, quantity, price (str or
     None)}). session_partitions: list of session dicts (session_id, end,
     duration_ms, page_views, converted, revision, tombstone).
     Returns ({(size, start): Window}, stats)."""
     W = defaultdict(Window)
-    stats = {"late": 0, "duplicate": 0, "applied": 0, "late_ids": [],
+    stats = {"late": 0, "duplicate": 0, "applied": 0, "late_ids": [], "undecodable": 0,
              "sessions_applied": 0, "sessions_late": 0, "sessions_ignored": 0}
     for events in raw_partitions:
         maxts, seen = None, set()
         for ev in events:
+            if ev is None:
+                stats["undecodable"] += 1
+                _count_late(W, maxts)
+                continue
             t = ev["timestamp"]
             wm = None if maxts is None else maxts - bound
             if _late(t, wm, lateness):
                 stats["late"] += 1
                 stats["late_ids"].append(ev["event_id"])
+                _count_late(W, maxts)
                 continue
             if ev["event_id"] in seen:
                 stats["duplicate"] += 1
@@ -133,6 +145,12 @@ def compute(raw_partitions, session_partitions, bound=10000, lateness=300000):
             _session_apply(W, e, +1)
             maxend = s["end"] if maxend is None else max(maxend, s["end"])
     return W, stats
+
+
+def _count_late(W, maxts):
+    if maxts is not None:
+        for size in SIZES:
+            W[(size, wstart(maxts, size))].late += 1
 
 
 def _session_apply(W, e, sign):
