@@ -117,8 +117,10 @@ static cm_err_t emit_session(const cm_session_t *s, void *ud)
         .key_len = strlen(s->user_id),
         .value = app->enc.data,
         .value_len = app->enc.len,
-        /* event time of the session's end: downstream time indexes mean something */
-        .timestamp_ms = s->end_ms > 0 ? s->end_ms : 0,
+        /* The record timestamp stays the produce time. Event time would
+         * hand the record to the broker's time retention: sessions of
+         * replayed or backfilled days older than retention.ms were deleted
+         * within minutes of being written. Event time is in the value. */
     };
     err = cm_txloop_send(app->loop, &m);
     if (!err) {

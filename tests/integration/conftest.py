@@ -135,3 +135,4 @@ def procs():
     for p in started:
         p.kill9()
         p.log.close()
+        print(f"{p.name} log: {p.log_path}")  # shown for a failed test
