@@ -7,6 +7,7 @@ own in .run/pytest and stop it at the end.
 """
 import os
 import signal
+import socket
 import subprocess
 import time
 import urllib.request
@@ -50,6 +51,15 @@ def bin_path(name):
     if not os.path.exists(p):
         pytest.fail(f"binary {p} is missing: run make")
     return p
+
+
+def free_port():
+    """A TCP port free on 127.0.0.1 right now."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
 
 
 def create_topics(stack, *specs):

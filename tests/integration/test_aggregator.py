@@ -14,7 +14,6 @@ import io
 import json
 import os
 import random
-import socket
 import struct
 import subprocess
 import sys
@@ -26,7 +25,7 @@ import pytest
 import redis
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from conftest import ROOT, create_topics, http_get
+from conftest import ROOT, create_topics, free_port, http_get
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "reference"))
 import windows_ref  # noqa: E402
@@ -53,13 +52,6 @@ def frame(schema_id, schema, rec):
     fastavro.schemaless_writer(b, schema, rec)
     return b.getvalue()
 
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 # ------------------------------------------------------------------ data

@@ -20,17 +20,10 @@ import urllib.request
 import pytest
 import redis
 
-from conftest import bin_path, http_get
+from conftest import bin_path, free_port, http_get
 
 W = 60000
 
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def minute(t_ms=None):

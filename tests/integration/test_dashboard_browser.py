@@ -12,26 +12,18 @@ packages of tests/browser are installed when missing.
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 
 import pytest
 import redis
 
-from conftest import ARTIFACTS, ROOT, bin_path, create_topics
+from conftest import ARTIFACTS, ROOT, bin_path, create_topics, free_port
 
 BROWSER_DIR = os.path.join(ROOT, "tests", "browser")
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 W = 60000
 
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def need_browser():

@@ -1379,7 +1379,7 @@ def metrics_from_source(binary):
 # =================================================================== tests
 import pytest  # noqa: E402
 
-from conftest import Proc, http_get  # noqa: E402
+from conftest import Proc, free_port, http_get  # noqa: E402
 
 COMPOSE = os.path.join(ROOT, "docker-compose.yml")
 RULES = os.path.join(ROOT, "deploy", "prometheus", "alerts.yml")
@@ -1417,15 +1417,6 @@ def jobs(compose):
 
 
 # ------------------------------------------------------------ exported metric names
-def _free_port():
-    import socket
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def _get(url):
     try:
         return http_get(url, timeout=2)
@@ -1457,7 +1448,7 @@ def exported(stack, tmp_path_factory):
     common = {"KAFKA_BOOTSTRAP": stack["KAFKA_BOOTSTRAP"], "REDIS_HOST": stack["REDIS_HOST"],
               "REDIS_PORT": stack["REDIS_PORT"], "TOPIC_RAW": t["raw"], "TOPIC_SESSIONS": t["ses"],
               "TOPIC_METRICS": t["met"], "TOPIC_LATE": t["late"]}
-    ports = {b: _free_port() for b in SERVICES}
+    ports = {b: free_port() for b in SERVICES}
     warehouse = str(tmp_path_factory.mktemp("warehouse"))
     envs = {
         "ingest-gateway": {"GATEWAY_PORT": ports["ingest-gateway"], "GATEWAY_ADDR": "127.0.0.1",

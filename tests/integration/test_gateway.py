@@ -23,18 +23,11 @@ import fastavro
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from conftest import ROOT, bin_path, create_topics, http_get
+from conftest import ROOT, bin_path, create_topics, free_port, http_get
 
 SCHEMA = fastavro.parse_schema(json.load(open(os.path.join(ROOT, "schemas", "event.avsc"))))
 KEY = "test-key-1"
 
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def now_ms():

@@ -30,7 +30,7 @@ import uuid
 
 import pytest
 
-from conftest import ROOT, bin_path, create_topics, http_get
+from conftest import ROOT, bin_path, create_topics, free_port, http_get
 
 fastavro = pytest.importorskip("fastavro")
 confluent_kafka = pytest.importorskip("confluent_kafka")
@@ -58,13 +58,6 @@ def frame(schema, schema_id, rec):
     fastavro.schemaless_writer(b, schema, rec)
     return b.getvalue()
 
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def make_event(i, prefix, spread_s=3 * 86400):

@@ -17,7 +17,6 @@ import io
 import json
 import os
 import random
-import socket
 import struct
 import threading
 import time
@@ -25,7 +24,7 @@ import time
 import fastavro
 from confluent_kafka import Consumer, Producer, TopicPartition, OFFSET_BEGINNING
 
-from conftest import ROOT, create_topics, http_get
+from conftest import ROOT, create_topics, free_port, http_get
 from reference.sessions_ref import GAP_MS, LATENESS_MS, BOUND_MS, reference
 
 RAW_PARTITIONS = 4
@@ -298,13 +297,6 @@ def check_outputs(stack, t, raw_items_by_value):
     ref["late_records"] = len(late)
     return ref
 
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def setup_topics(stack, unique, seed):
