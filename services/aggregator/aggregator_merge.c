@@ -646,7 +646,8 @@ cm_err_t ag_merger_flush(ag_merger_t *m, ag_emit_fn *fn, void *ud, int64_t now_m
         m->hold = w;
     if (m->hold == INT64_MIN)
         return CM_OK;
-    qsort(m->win, m->n_win, sizeof(*m->win), win_cmp);
+    if (m->n_win > 1) /* m->win is NULL before the first window */
+        qsort(m->win, m->n_win, sizeof(*m->win), win_cmp);
     for (size_t i = 0; i < m->n_win; i++) {
         mwin_t *x = m->win[i];
         if (x->end > m->hold || (x->revision >= 0 && !x->changed))
