@@ -190,6 +190,26 @@ void cm_kafka_consumer_destroy(rd_kafka_t *rk, bool joined, bool ever_assigned)
     rd_kafka_destroy(rk);
 }
 
+int64_t cm_kafka_lag(rd_kafka_t *rk)
+{
+    rd_kafka_topic_partition_list_t *a = NULL;
+    if (!rk || rd_kafka_assignment(rk, &a) || !a)
+        return -1;
+    int64_t lag = 0;
+    if (a->cnt > 0 && !rd_kafka_position(rk, a)) {
+        for (int i = 0; i < a->cnt; i++) {
+            int64_t lo = -1, hi = -1, pos = a->elems[i].offset;
+            if (pos < 0 || rd_kafka_get_watermark_offsets(rk, a->elems[i].topic,
+                                                          a->elems[i].partition, &lo, &hi))
+                continue;
+            if (hi > pos)
+                lag += hi - pos;
+        }
+    }
+    rd_kafka_topic_partition_list_destroy(a);
+    return lag;
+}
+
 void cm_guard_init(cm_offset_guard_t *g)
 {
     g->next = rd_kafka_topic_partition_list_new(16);

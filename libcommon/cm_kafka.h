@@ -269,6 +269,11 @@ cm_err_t cm_consumer_seek(cm_consumer_t *c, const char *topic, int32_t partition
 /* Number of partitions assigned now. Thread-safe. */
 int cm_consumer_assigned_count(const cm_consumer_t *c);
 
+/* Consumer lag in records as of the last cm_consumer_poll() that refreshed
+ * it (at most once a second): see cm_kafka_lag(). -1 before the first.
+ * Thread-safe. */
+int64_t cm_consumer_lag(const cm_consumer_t *c);
+
 rd_kafka_t *cm_consumer_handle(cm_consumer_t *c);
 
 /* Leaves the group (revoke hooks run inside) and frees. NULL is a no-op. */
@@ -407,6 +412,7 @@ typedef struct cm_txloop_stats {
     uint64_t commit_lat_us_max;
     uint64_t commit_lat_bucket[CM_TXLOOP_LAT_BUCKETS]; /* non-cumulative counts */
     int assigned_partitions;
+    int64_t consumer_lag; /* records, refreshed each second (cm_kafka_lag); -1: not yet */
     bool running; /* init done, subscribed, not stopped */
 } cm_txloop_stats_t;
 

@@ -9,12 +9,15 @@
 #include <string.h>
 
 #include "cm_log.h"
+#include "cm_time.h"
 
 struct cm_consumer {
     rd_kafka_t *rk;
     cm_rebalance_fn *on_rebalance;
     void *opaque;
     int assigned; /* atomic */
+    int64_t lag;  /* atomic; cm_kafka_lag() */
+    int64_t lag_at;
     bool ever_assigned;
     cm_offset_guard_t guard; /* drops records delivered twice (librdkafka #4637) */
 };
@@ -111,6 +114,7 @@ cm_consumer_t *cm_consumer_new(const cm_consumer_opts_t *o, char *errstr, size_t
         snprintf(errstr, errstr_size, "kafka consumer: out of memory");
         return NULL;
     }
+    c->lag = -1;
     c->on_rebalance = o->on_rebalance;
     c->opaque = o->opaque;
     cm_guard_init(&c->guard);
@@ -156,6 +160,11 @@ cm_err_t cm_consumer_poll(cm_consumer_t *c, int timeout_ms, rd_kafka_message_t *
     *out = NULL;
     if (!c)
         return CM_ERR_INVALID;
+    int64_t now = cm_mono_ms();
+    if (now - c->lag_at >= CM_KAFKA_LAG_INTERVAL_MS) {
+        c->lag_at = now;
+        CM_ATOMIC_STORE(&c->lag, cm_kafka_lag(c->rk));
+    }
     rd_kafka_message_t *m = rd_kafka_consumer_poll(c->rk, timeout_ms);
     if (!m)
         return CM_OK;
@@ -220,6 +229,11 @@ cm_err_t cm_consumer_seek(cm_consumer_t *c, const char *topic, int32_t partition
 int cm_consumer_assigned_count(const cm_consumer_t *c)
 {
     return c ? CM_ATOMIC_LOAD(&c->assigned) : 0;
+}
+
+int64_t cm_consumer_lag(const cm_consumer_t *c)
+{
+    return c ? CM_ATOMIC_LOAD(&c->lag) : -1;
 }
 
 rd_kafka_t *cm_consumer_handle(cm_consumer_t *c)

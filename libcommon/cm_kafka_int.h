@@ -41,6 +41,19 @@ void cm_kafka_consumer_destroy(rd_kafka_t *rk, bool joined, bool ever_assigned);
 bool cm_kafka_consumer_joined(rd_kafka_t *rk);
 
 /*
+ * Consumer lag of a consumer handle in records: over its assigned
+ * partitions, the partition's end (the high watermark, or the last stable
+ * offset when reading committed, as of the last fetch) minus the consumer's
+ * position. A partition not read from since its assignment (no position
+ * yet) counts 0. No broker round trip: call it from the thread that polls,
+ * never from a rebalance callback. -1 when the assignment is unavailable.
+ */
+int64_t cm_kafka_lag(rd_kafka_t *consumer);
+
+/* How often the loops refresh their lag figure. */
+#define CM_KAFKA_LAG_INTERVAL_MS 1000
+
+/*
  * Offset guard: the next offset expected per assigned partition, to drop
  * records the consumer delivers a second time. librdkafka before 2.4 can
  * restart a retained partition's fetch from a stale position after a

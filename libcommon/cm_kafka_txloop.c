@@ -57,6 +57,7 @@ struct cm_txloop {
     volatile sig_atomic_t *stop_flag;
     bool (*should_stop)(void *opaque);
     int64_t reset_offset; /* where a partition without commit starts */
+    int64_t lag_at;       /* when st.consumer_lag was last refreshed */
 
     rd_kafka_t *consumer;
     rd_kafka_t *producer;
@@ -503,6 +504,7 @@ cm_txloop_t *cm_txloop_new(const cm_txloop_opts_t *o, char *errstr, size_t errst
         snprintf(errstr, errstr_size, "kafka txloop: out of memory");
         return NULL;
     }
+    l->st.consumer_lag = -1;
     l->cb = o->cb;
     l->opaque = o->opaque;
     l->commit_interval_ms = o->commit_interval_ms > 0 ? o->commit_interval_ms : 100;
@@ -723,6 +725,10 @@ cm_err_t cm_txloop_run(cm_txloop_t *l)
                 l->cb.tick(l, cm_now_ms(), l->opaque);
             if (l->pending)
                 break;
+        }
+        if (now - l->lag_at >= CM_KAFKA_LAG_INTERVAL_MS) {
+            l->lag_at = now;
+            CM_ATOMIC_STORE(&l->st.consumer_lag, cm_kafka_lag(l->consumer));
         }
         if (l->txn_open &&
             (l->txn_msgs >= l->commit_max_msgs || now - l->txn_start_ms >= l->commit_interval_ms))
@@ -948,6 +954,7 @@ void cm_txloop_get_stats(const cm_txloop_t *l, cm_txloop_stats_t *out)
         out->commit_lat_bucket[i] = CM_ATOMIC_LOAD(&l->st.commit_lat_bucket[i]);
     out->redelivered_skipped = CM_ATOMIC_LOAD(&l->st.redelivered_skipped);
     out->assigned_partitions = CM_ATOMIC_LOAD(&l->st.assigned_partitions);
+    out->consumer_lag = CM_ATOMIC_LOAD(&l->st.consumer_lag);
     out->running = CM_ATOMIC_LOAD(&l->st.running);
 }
 

@@ -982,6 +982,7 @@ TXSTAT(tx_in, msgs_in)
 TXSTAT(tx_out, msgs_produced)
 TXSTAT(tx_rebalances, rebalances)
 TXSTAT(tx_assigned, assigned_partitions)
+TXSTAT(tx_lag, consumer_lag)
 static double tx_lat_avg(void *ud)
 {
     cm_txloop_stats_t s;
@@ -1004,6 +1005,9 @@ static void register_loop_metrics(ag_app_t *a, cm_txloop_t *l, const char *name)
                           tx_rebalances, l, "loop", name, NULL);
     cm_metrics_gauge_fn(a->metrics, "aggregator_assigned_partitions",
                         "input partitions assigned", tx_assigned, l, "loop", name, NULL);
+    cm_metrics_gauge_fn(a->metrics, "aggregator_consumer_lag_records",
+                        "input records not yet read (end offsets - positions; -1: not yet known)",
+                        tx_lag, l, "loop", name, NULL);
     cm_metrics_gauge_fn(a->metrics, "aggregator_commit_seconds_avg",
                         "average Kafka commit latency", tx_lat_avg, l, "loop", name, NULL);
 }

@@ -93,6 +93,11 @@ static double storage_bytes(void *ud)
     return (double)s.bytes_out;
 }
 
+static double stat_lag(void *ud)
+{
+    return (double)cm_consumer_lag(((lw_loop_t *)ud)->consumer);
+}
+
 static void register_metrics(lw_loop_t *l)
 {
     static const double files_b[] = {1, 2, 4, 8, 16, 32, 64, 128, 256};
@@ -129,6 +134,9 @@ static void register_metrics(lw_loop_t *l)
             cm_metrics_histogram(r, "lake_files_per_commit", "data files added by a commit",
                                  files_b, sizeof(files_b) / sizeof(files_b[0]), "table", n, NULL);
     }
+    cm_metrics_gauge_fn(r, "lake_consumer_lag_records",
+                        "input records not yet read (end offsets - positions; -1: not yet known)",
+                        stat_lag, l, NULL);
     for (size_t i = 0; i < l->n_topics; i++) {
         l->topics[i].undecodable =
             cm_metrics_counter(r, "lake_undecodable_total",
@@ -380,6 +388,8 @@ void lw_loop_destroy(lw_loop_t *l)
 {
     if (!l)
         return;
+    if (l->reg)
+        cm_metrics_unbind(l->reg, l); /* the lag gauge reads the consumer */
     cm_consumer_destroy(l->consumer);
     if (l->reg)
         for (size_t i = 0; i < l->n_tables; i++)

@@ -504,6 +504,7 @@ static double txstat(void *ud, int which)
     case 1: return (double)st.commit_lat_us_sum / 1e6;
     case 2: return (double)st.commit_lat_us_max / 1e6;
     case 3: return (double)st.aborts;
+    case 4: return (double)st.consumer_lag;
     default: return (double)st.rebalances;
     }
 }
@@ -511,7 +512,8 @@ static double tx_commits(void *ud) { return txstat(ud, 0); }
 static double tx_lat_sum(void *ud) { return txstat(ud, 1); }
 static double tx_lat_max(void *ud) { return txstat(ud, 2); }
 static double tx_aborts(void *ud) { return txstat(ud, 3); }
-static double tx_rebalances(void *ud) { return txstat(ud, 4); }
+static double tx_lag(void *ud) { return txstat(ud, 4); }
+static double tx_rebalances(void *ud) { return txstat(ud, 5); }
 
 static void metrics_init(sz_app_t *app)
 {
@@ -560,6 +562,9 @@ static void metrics_init(sz_app_t *app)
                         "slowest transaction commit so far", tx_lat_max, app, NULL);
     cm_metrics_counter_fn(m, "sessionizer_rebalances_total", "assign and revoke events",
                           tx_rebalances, app, NULL);
+    cm_metrics_gauge_fn(m, "sessionizer_consumer_lag_records",
+                        "input records not yet read (end offsets - positions; -1: not yet known)",
+                        tx_lag, app, NULL);
 }
 
 /* ---------------------------------------------------------------- app */

@@ -349,6 +349,11 @@ def test_sessions_equal_reference(stack, procs, unique):
     assert metric(port, "sessionizer_late_total") == ref["late_records"]
     assert metric(port, "sessionizer_duplicates_total") == ref["duplicates"]
     assert metric(port, "sessionizer_state_bytes") > 0
+    # caught up: nothing left to read (the figure is refreshed each second)
+    deadline = time.time() + 5
+    while metric(port, "sessionizer_consumer_lag_records") != 0 and time.time() < deadline:
+        time.sleep(0.2)
+    assert metric(port, "sessionizer_consumer_lag_records") == 0
     assert p.term() == 0
 
 

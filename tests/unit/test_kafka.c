@@ -362,6 +362,8 @@ static void test_consumer_hook_chooses_start(void **state)
     }
     assert_int_equal(got, 20);
     assert_int_equal(first, 30);
+    /* Read 30..49 of 50: nothing left to read. */
+    assert_int_equal(cm_kafka_lag(cm_consumer_handle(c)), 0);
     assert_int_equal(h.assigns, 1);
     assert_int_equal(cm_consumer_assigned_count(c), 1);
     /* Manual commit, then a seek back works on the assigned partition. */
@@ -377,6 +379,8 @@ static void test_consumer_hook_chooses_start(void **state)
     assert_non_null(msg);
     assert_int_equal(msg->offset, 10);
     rd_kafka_message_destroy(msg);
+    /* Back at 11 of 50: 39 records behind. */
+    assert_int_equal(cm_kafka_lag(cm_consumer_handle(c)), 39);
     cm_consumer_destroy(c);
     assert_int_equal(h.revokes, 1);
 }
