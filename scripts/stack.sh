@@ -7,6 +7,10 @@
 #                                REDIS_PORT) and creates the topics of SPEC §2
 #   scripts/stack.sh stop DIR    stops both (by pid file) and keeps DIR
 #   scripts/stack.sh status DIR
+#   scripts/stack.sh restart-kafka DIR   stops the broker (SIGTERM, its controlled
+#                                shutdown) and starts it again on the same ports and data
+#   scripts/stack.sh stop-redis DIR / start-redis DIR   stops / starts Redis alone,
+#                                on the same port (it keeps nothing: it comes back empty)
 #
 # Ports: KAFKA_PORT / KAFKA_CONTROLLER_PORT / REDIS_PORT from the environment,
 # otherwise free ones are picked. Idempotent: start on a running stack reuses it.
@@ -15,7 +19,7 @@ set -euo pipefail
 
 cmd=${1:-}
 dir=${2:-}
-[ -n "$cmd" ] && [ -n "$dir" ] || { echo "usage: $0 start|stop|status DIR" >&2; exit 2; }
+[ -n "$cmd" ] && [ -n "$dir" ] || { echo "usage: $0 start|stop|status|restart-kafka|stop-redis|start-redis DIR" >&2; exit 2; }
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
 
@@ -121,8 +125,21 @@ status)
     pid_alive "$dir/kafka/kafka.pid" && echo "kafka: running" || echo "kafka: stopped"
     pid_alive "$dir/redis/redis.pid" && echo "redis: running" || echo "redis: stopped"
     ;;
+restart-kafka)
+    [ -f "$dir/kafka/ports" ] || die "no broker was started in $dir"
+    stop_pid "$dir/kafka/kafka.pid" 30
+    kafka_start
+    say "kafka restarted ($dir)"
+    ;;
+stop-redis)
+    stop_pid "$dir/redis/redis.pid" 10
+    ;;
+start-redis)
+    [ -f "$dir/redis/port" ] || die "no Redis was started in $dir"
+    redis_start
+    ;;
 *)
-    echo "usage: $0 start|stop|status DIR" >&2
+    echo "usage: $0 start|stop|status|restart-kafka|stop-redis|start-redis DIR" >&2
     exit 2
     ;;
 esac

@@ -511,8 +511,10 @@ static int64_t merged_wm(const ag_merger_t *m)
     return any_active ? min_active : max_all;
 }
 
-/* Min watermark over every source that has one, idle or not: below it no
- * source can still send a change for a window (INT64_MIN: none known). */
+/* Min watermark over every source, idle or not: below it no source can
+ * still send a change for a window (INT64_MIN: none known). A source that has
+ * not seen an event yet may still send any window, so it holds every drop
+ * back, like one that is behind, until it has been idle for `grace`. */
 static int64_t min_all_wm(const ag_merger_t *m, int64_t now_ms)
 {
     int64_t w = INT64_MAX;
@@ -522,7 +524,9 @@ static int64_t min_all_wm(const ag_merger_t *m, int64_t now_ms)
             return INT64_MIN;
         if (s->idle && m->grace >= 0 && now_ms - s->idle_since >= m->grace)
             continue; /* idle for good, it seems: stop keeping windows for it */
-        if (s->wm != INT64_MIN && s->wm < w)
+        if (s->wm == INT64_MIN)
+            return INT64_MIN;
+        if (s->wm < w)
             w = s->wm;
     }
     return w == INT64_MAX ? INT64_MIN : w;

@@ -632,10 +632,15 @@ cm_err_t ag_source_session(ag_state_t *st, ag_source_t *s, const cm_session_t *s
     HASH_FIND_STR(s->sessions, ses->session_id, e);
     if (e && ses->revision <= e->revision)
         goto touch; /* a replay or a stale revision */
-    if (e && e->counted && is_late(st, e->end_ms, wm)) {
-        *res = AG_LATE; /* its earlier revision's window is closed */
-        s->n_late++;
-        goto touch;
+    if (e && is_late(st, e->end_ms, wm)) {
+        /* its earlier revision's window is closed, and final: that revision
+         * stays counted there, this one counts where it ends, as a new
+         * session (entries of closed windows are forgotten below anyway, so
+         * a replay after a restart decides the same) */
+        HASH_DEL(s->sessions, e);
+        free(e->id);
+        free(e);
+        e = NULL;
     }
     if (!ses->tombstone && is_late(st, ses->end_ms, wm)) {
         *res = AG_LATE;

@@ -537,6 +537,73 @@ static void test_merger(void **state)
     ag_state_destroy(st);
 }
 
+/* A sessions partition that has not had a record yet (no watermark) does not
+ * hold the emission back once idle, but it does hold the drop back: its
+ * first session, arriving after the raw side is past end + lateness, still
+ * revises the window instead of being lost. */
+static void test_merger_unreported_source(void **state)
+{
+    (void)state;
+    ag_state_t *st = new_state();
+    ag_source_t *raw = ag_state_source(st, AG_SRC_RAW, 0, CM_WATERMARK_NONE, 0);
+    ag_source_t *ses = ag_state_source(st, AG_SRC_SESSIONS, 0, CM_WATERMARK_NONE, 0);
+    cm_event_t ev;
+    cm_event_init(&ev);
+    int64_t w = 1700002800000LL;
+    mk_event(&ev, "e1", w + 1000, "u1", "page_view", "/a");
+    put(st, raw, &ev, 0);
+    ag_merger_t *m = ag_merger_new(5 * MIN, 60 * MIN);
+    cm_buf_t b;
+    cm_buf_init(&b, 0);
+    ag_pane_encode(raw, ag_source_pane(raw, 0, w), &b);
+    ag_merger_apply(m, b.data, b.len, 1, false, 0);
+    cm_buf_reset(&b);
+    ag_heartbeat_encode(raw->key, w + 30 * MIN, false, 1, &b);
+    ag_merger_apply(m, b.data, b.len, 2, false, 0);
+    cm_buf_reset(&b);
+    ag_heartbeat_encode(ses->key, CM_WATERMARK_NONE, true, 1, &b);
+    ag_merger_apply(m, b.data, b.len, 3, false, 1000);
+    sink_t k = {0};
+    ag_merger_flush(m, sink, &k, 2000);
+    assert_int_equal(k.n, 6); /* the 1-min window (only its pane was sent), final */
+    ag_merger_stats_t ms;
+    ag_merger_get_stats(m, &ms);
+    assert_int_equal(ms.windows, 1); /* kept: the sessions partition may still send */
+
+    cm_session_t s;
+    mk_session(&s, "s1", w + 2000, 1000, 1, false, 0, false);
+    ag_result_t r;
+    assert_int_equal(ag_source_session(st, ses, &s, 0, 3000, &r), CM_OK);
+    assert_int_equal(r, AG_APPLIED);
+    cm_buf_reset(&b);
+    ag_pane_encode(ses, ag_source_pane(ses, 0, w), &b);
+    ag_merger_apply(m, b.data, b.len, 4, false, 3000);
+    ag_merger_flush(m, sink, &k, 3000);
+    assert_int_equal(k.n, 12); /* revision 1 */
+    ag_merger_get_stats(m, &ms);
+    assert_int_equal(ms.late_panes, 0);
+    cm_window_result_t res[1 + AG_N_DIMS];
+    for (int i = 0; i < 1 + AG_N_DIMS; i++)
+        cm_window_result_init(&res[i]);
+    assert_int_equal(ag_merger_result(m, MIN, w, 1, true, res), CM_OK);
+    assert_int_equal(res[0].events, 1);
+    assert_int_equal(res[0].sessions_closed, 1);
+    for (int i = 0; i < 1 + AG_N_DIMS; i++)
+        cm_window_result_free(&res[i]);
+
+    /* idle beyond the grace: it stops holding the drop back */
+    cm_buf_reset(&b);
+    ag_heartbeat_encode(ses->key, CM_WATERMARK_NONE, true, 1, &b);
+    ag_merger_apply(m, b.data, b.len, 5, false, 3000);
+    ag_merger_flush(m, sink, &k, 1000 + 60 * MIN);
+    ag_merger_get_stats(m, &ms);
+    assert_int_equal(ms.windows, 0);
+    cm_buf_free(&b);
+    ag_merger_destroy(m);
+    cm_event_free(&ev);
+    ag_state_destroy(st);
+}
+
 /* As if the loop had sent every change to the merger and to Redis. */
 static void as_sent_and_flushed(ag_state_t *st, ag_source_t *s)
 {
@@ -677,6 +744,7 @@ int main(void)
         cmocka_unit_test(test_hll_redis_format),
         cmocka_unit_test(test_topk),
         cmocka_unit_test(test_merger),
+        cmocka_unit_test(test_merger_unreported_source),
         cmocka_unit_test(test_merger_chunks),
         cmocka_unit_test(test_intern_compaction),
         cmocka_unit_test(test_lua_embedded),

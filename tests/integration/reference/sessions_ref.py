@@ -133,17 +133,20 @@ def run_partition(records, gap=GAP_MS, bound=BOUND_MS, lateness=LATENESS_MS):
 def reference(partitions, gap=GAP_MS, bound=BOUND_MS, lateness=LATENESS_MS):
     """partitions: {partition: [event dict or None, ...]} in offset order.
     Returns {'sessions': {session_id: fields}, 'late': set of event_ids,
-    'undecodable': n, 'duplicates': n}. Every session is listed, closed or
-    not; the caller drops those the watermark has not closed."""
-    sessions, late, undecodable, duplicates = {}, set(), 0, 0
+    'late_counts': {event_id: copies sent to the late topic}, 'undecodable': n,
+    'duplicates': n}. Every session is listed, closed or not; the caller drops
+    those the watermark has not closed."""
+    sessions, late, late_counts, undecodable, duplicates = {}, set(), {}, 0, 0
     for records in partitions.values():
         acc, lt, und, dup = run_partition(records, gap, bound, lateness)
         late.update(lt)
+        for eid in lt:
+            late_counts[eid] = late_counts.get(eid, 0) + 1
         undecodable += und
         duplicates += dup
         for user, evs in acc.items():
             for s in split(evs, gap):
                 rec = summarize(user, s)
                 sessions[rec["session_id"]] = rec
-    return {"sessions": sessions, "late": late, "undecodable": undecodable,
-            "duplicates": duplicates}
+    return {"sessions": sessions, "late": late, "late_counts": late_counts,
+            "undecodable": undecodable, "duplicates": duplicates}

@@ -12,9 +12,11 @@ Rules mirrored from services/aggregator/README.md ("Window rules"):
 - revenue = price x quantity (1 when absent) over purchases, in micros;
 - sessions go to the windows of their `end`, with the sessions partition's
   own watermark (max end - bound); a revision replaces the earlier one, a
-  tombstone removes it, a revision whose earlier revision's window is late is
-  ignored, so is a revision not above the one counted; a new session whose
-  own window is late is ignored.
+  tombstone removes it, a revision not above the one counted is ignored; a
+  revision whose earlier revision's window is late counts as a new session
+  (the closed window keeps the earlier one; counted in
+  stats["revisions_as_new"]); a new session whose own window is late is
+  ignored.
 - `late` of a window: records of a partition that went to the late topic
   (late events, and undecodable records, given as None in the input) while
   the partition's newest event was in that window (no count before the
@@ -74,7 +76,8 @@ def compute(raw_partitions, session_partitions, bound=10000, lateness=300000):
     Returns ({(size, start): Window}, stats)."""
     W = defaultdict(Window)
     stats = {"late": 0, "duplicate": 0, "applied": 0, "late_ids": [], "undecodable": 0,
-             "sessions_applied": 0, "sessions_late": 0, "sessions_ignored": 0}
+             "sessions_applied": 0, "sessions_late": 0, "sessions_ignored": 0,
+             "revisions_as_new": 0}
     for events in raw_partitions:
         maxts, seen = None, set()
         for ev in events:
@@ -125,9 +128,12 @@ def compute(raw_partitions, session_partitions, bound=10000, lateness=300000):
             if e is not None and s["revision"] <= e["revision"]:
                 stats["sessions_ignored"] += 1
                 continue
-            if e is not None and e["counted"] and _late(e["end"], wm, lateness):
-                stats["sessions_late"] += 1
-                continue
+            if e is not None and _late(e["end"], wm, lateness):
+                # the earlier revision's window is closed (final): it keeps
+                # that revision, this one counts as a new session
+                stats["revisions_as_new"] += 1
+                del entries[s["session_id"]]
+                e = None
             if not s["tombstone"] and _late(s["end"], wm, lateness):
                 stats["sessions_late"] += 1
                 continue
@@ -137,6 +143,7 @@ def compute(raw_partitions, session_partitions, bound=10000, lateness=300000):
             if e is None:
                 e = entries[s["session_id"]] = {"counted": False}
             e["revision"] = s["revision"]
+            e["end"] = max(e.get("end", s["end"]), s["end"])
             stats["sessions_applied"] += 1
             if s["tombstone"]:
                 continue
