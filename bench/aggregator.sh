@@ -3,24 +3,27 @@
 #   STACK_ENV=.run/ag-dev/stack.env bench/aggregator.sh
 # Without STACK_ENV it starts a stack of its own in .run/bench-ag and stops it.
 #
-# Two measurements, written to $BENCH_OUT/aggregator.json:
+# Writes $BENCH_OUT/aggregator.json:
 #  1. per core, no I/O (bench/aggregator_micro.c): Avro decode + windows
 #     (1 min, 5 min, 1 h; 5 dimensions; HLL; dedupe) + the per-commit work,
-#     in events per CPU-second of one thread;
-#  2. end to end on real Kafka and Redis: AG_BENCH_EVENTS (default 2 000 000)
-#     events of 100 000 users on a 12-partition topic (cs-kperf fill), one
-#     aggregator replica reading them from the start: events/s (wall), events
-#     per CPU-second of the whole process (all its threads: librdkafka, the
-#     merger, Redis), Redis commands and commands/s.
-# For scale: Flink's Nexmark q5 (windowed) runs at about 22 000 events/s per
-# core.
+#     in events per CPU-second of one thread; and the heap held per pane
+#     (one window of one partition);
+#  2. the service on real Kafka and Redis: one replica reads $BENCH_RAW_TOPIC
+#     from the start (the topic the physical limit was measured on; alone: a
+#     topic of its own, AG_BENCH_EVENTS events, default 2 000 000, cs-kperf
+#     fill). BENCH_RUNS runs (default 3), each a fresh process, group, output
+#     topics and Redis prefix; a run ends when aggregator_events_total
+#     reaches the topic's size. Per run: wall seconds, CPU seconds of the
+#     process (/proc utime + stime, every thread: librdkafka, the merger,
+#     the Redis writer), its VmHWM just before it is stopped, Redis commands,
+#     panes held. The first run is profiled with perf.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
+. "$ROOT/bench/_lib.sh"
 BUILD=${BUILD:-build}
 BIN_DIR=${BIN_DIR:-$ROOT/$BUILD/bin}
 BENCH_OUT=${BENCH_OUT:-$ROOT/bench/out}
-N=${AG_BENCH_EVENTS:-2000000}
 N_MICRO=${AG_BENCH_MICRO_EVENTS:-2000000}
 mkdir -p "$BENCH_OUT"
 work=$(mktemp -d)
@@ -51,86 +54,99 @@ if [ -z "${STACK_ENV:-}" ]; then
 fi
 set -a; . "$STACK_ENV"; set +a
 
-id=$(date +%s)-$$
-RAW=bench.ag.raw.$id
-"$BIN_DIR/cs-admin" create-topics -b "$KAFKA_BOOTSTRAP" "$RAW:12" "bench.ag.metrics.$id:3" \
-    "bench.ag.late.$id:3" "bench.ag.changelog.$id:12:compact" "bench.ag.panes.$id:1" >/dev/null
-echo "aggregator bench: filling $RAW with $N events" >&2
-"$BIN_DIR/cs-kperf" fill -b "$KAFKA_BOOTSTRAP" -t "$RAW" -n "$N" -u 100000 >"$work/fill.json"
+tag=$(date +%s)-$$
+RAW=${BENCH_RAW_TOPIC:-}
+if [ -z "$RAW" ]; then
+    RAW=bench.ag.raw.$tag
+    "$BIN_DIR/cs-admin" create-topics -b "$KAFKA_BOOTSTRAP" "$RAW:12" >/dev/null
+    echo "aggregator bench: filling $RAW with ${AG_BENCH_EVENTS:-2000000} events" >&2
+    "$BIN_DIR/cs-kperf" fill -b "$KAFKA_BOOTSTRAP" -t "$RAW" -n "${AG_BENCH_EVENTS:-2000000}" \
+        -u 100000 -s 7 >/dev/null
+fi
+N=$("$BIN_DIR/cs-admin" offsets -b "$KAFKA_BOOTSTRAP" "$RAW" | awk '{s += $3 - $2} END {print s}')
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-TCK=$(getconf CLK_TCK)
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-metric_sum() { # sum of every sample of a metric family
-    curl -sf "http://127.0.0.1:$port/metrics" |
-        awk -v m="$1" '$1 == m || index($1, m "{") == 1 {s += $2} END {printf "%.0f\n", s}'
+port=""
+metrics() { curl -sf "http://127.0.0.1:$port/metrics"; }
+metric_sum() { # sum of every sample of a metric family in file $2
+    awk -v m="$1" '$1 == m || index($1, m "{") == 1 {s += $2} END {printf "%.0f\n", s}' "$2"
 }
 
-echo "aggregator bench: one replica reads them" >&2
-start=$(date +%s.%N)
-KAFKA_BOOTSTRAP=$KAFKA_BOOTSTRAP REDIS_HOST=$REDIS_HOST REDIS_PORT=$REDIS_PORT \
-    TOPIC_RAW=$RAW TOPIC_SESSIONS=- TOPIC_METRICS=bench.ag.metrics.$id TOPIC_LATE=bench.ag.late.$id \
-    AGGREGATOR_CHANGELOG_TOPIC=bench.ag.changelog.$id AGGREGATOR_PANES_TOPIC=bench.ag.panes.$id \
-    AGGREGATOR_GROUP_ID=bench-ag-$id AGGREGATOR_INSTANCE_ID=bench-$id \
-    AGGREGATOR_REDIS_PREFIX=bench:$id AGGREGATOR_ADMIN_PORT=$port AGGREGATOR_LOG_LEVEL=warn \
-    "$BIN_DIR/aggregator" 2>"$work/aggregator.log" &
-ag_pid=$!
-done_n=0
-deadline=$(( $(date +%s) + 600 ))
-while [ "$(date +%s)" -lt "$deadline" ]; do
-    sleep 0.2
-    kill -0 "$ag_pid" 2>/dev/null || { tail -20 "$work/aggregator.log" >&2; exit 1; }
-    done_n=$(metric_sum aggregator_events_total 2>/dev/null || true)
-    [ "${done_n:-0}" -ge "$N" ] && break
+for run in $(seq 1 "$BENCH_RUNS"); do
+    id=$tag-$run
+    "$BIN_DIR/cs-admin" create-topics -b "$KAFKA_BOOTSTRAP" "bench.ag.metrics.$id:3" \
+        "bench.ag.late.$id:3" "bench.ag.changelog.$id:12:compact" "bench.ag.panes.$id:1" >/dev/null
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    echo "aggregator bench: run $run/$BENCH_RUNS, one replica reads $N events of $RAW" >&2
+    start=$(date +%s.%N)
+    KAFKA_BOOTSTRAP=$KAFKA_BOOTSTRAP REDIS_HOST=$REDIS_HOST REDIS_PORT=$REDIS_PORT \
+        TOPIC_RAW=$RAW TOPIC_SESSIONS=- TOPIC_METRICS=bench.ag.metrics.$id TOPIC_LATE=bench.ag.late.$id \
+        AGGREGATOR_CHANGELOG_TOPIC=bench.ag.changelog.$id AGGREGATOR_PANES_TOPIC=bench.ag.panes.$id \
+        AGGREGATOR_GROUP_ID=bench-ag-$id AGGREGATOR_INSTANCE_ID=bench-$id \
+        AGGREGATOR_REDIS_PREFIX=bench:$id AGGREGATOR_ADMIN_ADDR=127.0.0.1 AGGREGATOR_ADMIN_PORT=$port \
+        AGGREGATOR_LOG_LEVEL=warn "$BIN_DIR/aggregator" 2>"$work/aggregator-$run.log" &
+    ag_pid=$!
+    [ "$run" = 1 ] && profile start aggregator "$ag_pid"
+    done_n=0
+    deadline=$(( $(date +%s) + 600 ))
+    while [ "$(date +%s)" -lt "$deadline" ]; do
+        sleep 0.1
+        kill -0 "$ag_pid" 2>/dev/null || { tail -20 "$work/aggregator-$run.log" >&2; exit 1; }
+        metrics >"$work/m.txt" 2>/dev/null || continue
+        done_n=$(metric_sum aggregator_events_total "$work/m.txt")
+        [ "${done_n:-0}" -ge "$N" ] && break
+    done
+    end=$(date +%s.%N)
+    cpu=$(proc_cpu "$ag_pid")
+    [ "$run" = 1 ] && profile stop aggregator
+    [ "${done_n:-0}" -ge "$N" ] || { echo "aggregator bench: only $done_n of $N events in time" >&2; exit 1; }
+    sleep 1 # one more flush and commit
+    metrics >"$work/metrics-$run.txt"
+    hwm=$(proc_hwm "$ag_pid")
+    kill -TERM "$ag_pid"
+    wait "$ag_pid" || true
+    ag_pid=""
+    f=$work/metrics-$run.txt
+    printf '{"events": %d, "wall_s": %.3f, "cpu_s": %.3f, "peak_rss_bytes": %d, "redis_commands": %s, "redis_flushes": %s, "window_results": %s, "transactions": %s, "open_panes": %s, "kept_panes": %s, "rss_bytes_end": %s}\n' \
+        "$N" "$(echo "$end - $start" | bc -l)" "$cpu" "$hwm" \
+        "$(metric_sum aggregator_redis_commands_total "$f")" \
+        "$(metric_sum aggregator_redis_write_seconds_count "$f")" \
+        "$(metric_sum aggregator_window_results_total "$f")" \
+        "$(metric_sum aggregator_transactions_total "$f")" \
+        "$(metric_sum aggregator_open_panes "$f")" "$(metric_sum aggregator_kept_panes "$f")" \
+        "$(metric_sum process_resident_memory_bytes "$f")" >"$work/run-$run.json"
+    cat "$work/run-$run.json" >&2
 done
-end=$(date +%s.%N)
-cpu=$(cpu_ticks "$ag_pid")
-sleep 1 # one more flush and commit
-redis_cmds=$(metric_sum aggregator_redis_commands_total)
-redis_flushes=$(curl -sf "http://127.0.0.1:$port/metrics" |
-    awk '$1 == "aggregator_redis_write_seconds_count" {print $2}')
-results=$(metric_sum aggregator_window_results_total)
-commits=$(metric_sum aggregator_transactions_total)
-kill -TERM "$ag_pid"
-wait "$ag_pid" || true
-ag_pid=""
-[ "${done_n:-0}" -ge "$N" ] || { echo "aggregator bench: only $done_n of $N events in time" >&2; exit 1; }
 
-python3 - "$work" "$BENCH_OUT/aggregator.json" "$N" "$start" "$end" "$cpu" "$TCK" \
-    "$redis_cmds" "${redis_flushes:-0}" "$results" "$commits" <<'PY'
-import json, os, sys
-work, out, n, start, end, cpu, tck, cmds, flushes, results, commits = sys.argv[1:]
-n, wall = int(n), float(end) - float(start)
-cpu_s = int(cpu) / int(tck)
+python3 - "$work" "$BENCH_OUT/aggregator.json" "$RAW" <<'PY'
+import glob, json, os, statistics, sys
+work, out, topic = sys.argv[1:]
 micro = json.load(open(os.path.join(work, "micro.json")))
-fill = json.load(open(os.path.join(work, "fill.json")))
+runs = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(work, "run-*.json")))]
+for r in runs:
+    r["events_per_s"] = round(r["events"] / r["wall_s"])
+    r["events_per_cpu_s"] = round(r["events"] / r["cpu_s"])
+    r["redis_commands_per_s"] = round(r["redis_commands"] / r["wall_s"])
+    held = r["open_panes"] + r["kept_panes"]
+    r["rss_bytes_per_pane_held"] = round(r["rss_bytes_end"] / held) if held else None
 res = {
+    "summary": {"unit": "events", "limit": "consume", "target_per_core": 500000,
+                "input": topic, "runs": runs},
     "micro_events": micro["events"],
     "micro_events_per_cpu_second": round(micro["pipeline_per_s"]),
     "micro_events_per_cpu_second_median": round(micro["pipeline_median_per_s"]),
     "micro_aggregate_ns_per_event": micro["aggregate_ns_per_event"],
     "micro_ns_per_event": micro["pipeline_ns_per_event"],
     "micro_decode_per_cpu_second": round(micro["decode_per_s"]),
-    "e2e_events": n,
-    "e2e_seconds": round(wall, 2),
-    "e2e_events_per_s": round(n / wall),
-    "e2e_cpu_seconds": round(cpu_s, 2),
-    "e2e_events_per_cpu_second": round(n / cpu_s) if cpu_s else None,
-    "e2e_redis_commands": int(float(cmds)),
-    "e2e_redis_commands_per_s": round(float(cmds) / wall),
-    "e2e_redis_flushes": int(float(flushes)),
-    "e2e_window_results": int(float(results)),
-    "e2e_transactions": int(float(commits)),
-    "fill": fill,
-    "reference_flink_nexmark_q5_events_per_core_s": 22000,
+    "micro_runs": micro["runs"],
+    "memory": {k: micro[k] for k in ("state_heap_bytes", "dedupe_bytes", "panes_open", "panes_kept",
+                                      "panes_1min", "panes_5min", "panes_1h", "bytes_per_pane",
+                                      "partitions", "event_time_s")},
+    "kafka_runs": runs,
 }
+res["memory"]["bytes_per_window_all_partitions"] = micro["bytes_per_pane"] * micro["partitions"]
 json.dump(res, open(out, "w"), indent=1)
-print(f"aggregator, per core (no I/O): {res['micro_events_per_cpu_second']:,} events/s best of 3, "
-      f"{res['micro_events_per_cpu_second_median']:,} median ({res['micro_ns_per_event']} ns/event, of which "
-      f"windows {res['micro_aggregate_ns_per_event']} ns; Avro decode alone {res['micro_decode_per_cpu_second']:,}/s)")
-print(f"aggregator, end to end (Kafka + Redis, 1 replica): {res['e2e_events_per_s']:,} events/s wall, "
-      f"{res['e2e_events_per_cpu_second']:,} events per CPU-second (all threads)")
-print(f"aggregator, Redis: {res['e2e_redis_commands']:,} commands, "
-      f"{res['e2e_redis_commands_per_s']:,}/s, in {res['e2e_redis_flushes']} pipelined flushes")
-print(f"(Flink Nexmark q5: ~22,000 events/s per core) -> {out}")
+med = statistics.median(r["events_per_cpu_s"] for r in runs)
+print(f"aggregator, per core (no I/O): {res['micro_events_per_cpu_second']:,} events/s best of {micro['runs']}, "
+      f"{res['micro_events_per_cpu_second_median']:,} median; {micro['bytes_per_pane']:,.0f} B heap per pane held")
+print(f"aggregator on Kafka + Redis: median {med:,.0f} events per CPU-second over {len(runs)} runs -> {out}")
 PY

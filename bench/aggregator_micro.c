@@ -15,9 +15,14 @@
  *               commit (sending panes to the merger is modelled by encoding
  *               them, Redis by packing the changed HLLs): the source loop's
  *               CPU work per event. Best and median of 3 runs;
- *   aggregate   pipeline minus decode, per event.
+ *   aggregate   pipeline minus decode, per event;
+ *   memory      after the first run: heap held by the state (malloc's
+ *               in-use bytes, mallinfo2) minus the dedupe sets, per pane
+ *               held (one window of one partition, open or closed and
+ *               kept for Redis, as AGGREGATOR_KEEP_CLOSED=on does).
  * Prints one JSON object.
  */
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,6 +59,15 @@ static int64_t cpu_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 static double secs(int64_t t0) { return (double)(cpu_us() - t0) / 1e6; }
+
+/* the generated events span 30 minutes of event time */
+#define EVENT_TIME_MS 1800000LL
+
+static size_t heap_in_use(void)
+{
+    struct mallinfo2 mi = mallinfo2();
+    return mi.uordblks + mi.hblkhd;
+}
 
 int main(int argc, char **argv)
 {
@@ -103,8 +117,8 @@ int main(int argc, char **argv)
             ev.price_micros = (int64_t)(xr() % 100000) * 10000;
             ev.quantity = 1 + (int)(xr() % 3);
         }
-        /* 30 minutes of event time, up to 5 s of disorder */
-        ev.ts_ms = t0ms + src * 1800000LL / n - (int64_t)(xr() % 5000);
+        /* EVENT_TIME_MS of event time, up to 5 s of disorder */
+        ev.ts_ms = t0ms + src * EVENT_TIME_MS / n - (int64_t)(xr() % 5000);
         ev.received_at_ms = ev.ts_ms;
         part[i] = u % parts;
         rng = save;
@@ -134,7 +148,10 @@ int main(int argc, char **argv)
     cm_buf_t out;
     cm_buf_init(&out, 0);
     static uint8_t packed[AG_HLL_REDIS_SIZE];
+    size_t mem_state = 0, mem_dedupe = 0, panes_open = 0, panes_kept = 0;
+    size_t panes_by_size[AG_N_SIZES] = {0};
     for (int run = 0; run < RUNS; run++) {
+        size_t heap0 = heap_in_use();
         ag_state_t *st = ag_state_new(&o, err, sizeof(err));
         ag_source_t **src = calloc((size_t)parts, sizeof(*src));
         for (int p = 0; p < parts; p++)
@@ -173,6 +190,21 @@ int main(int argc, char **argv)
             }
         }
         runs[run] = secs(t);
+        if (run == 0) {
+            mem_state = heap_in_use() - heap0;
+            for (int p = 0; p < parts; p++) {
+                cm_dedupe_stats_t ds;
+                cm_dedupe_get_stats(src[p]->dedupe, &ds);
+                mem_dedupe += ds.bytes;
+                panes_open += src[p]->n_open;
+                panes_kept += src[p]->n_closed;
+                for (size_t j = 0; j < src[p]->n_open + src[p]->n_closed; j++) {
+                    ag_pane_t *q = j < src[p]->n_open ? src[p]->open[j]
+                                                      : src[p]->closed[j - src[p]->n_open];
+                    panes_by_size[q->size_idx]++;
+                }
+            }
+        }
         free(src);
         ag_state_destroy(st);
     }
@@ -186,12 +218,20 @@ int main(int argc, char **argv)
             }
     double best = runs[0], med = runs[RUNS / 2];
     double agg_ns = (best - s_dec) * 1e9 / (double)n;
-    printf("{\"events\":%ld,\"partitions\":%d,\"duplicates\":%ld,\"applied\":%ld,"
+    printf("{\"events\":%ld,\"partitions\":%d,\"runs\":%d,\"event_time_s\":%d,"
+           "\"duplicates\":%ld,\"applied\":%ld,"
            "\"avro_bytes_per_event\":%.0f,\"decode_per_s\":%.0f,"
            "\"aggregate_ns_per_event\":%.0f,\"pipeline_per_s\":%.0f,"
-           "\"pipeline_median_per_s\":%.0f,\"pipeline_ns_per_event\":%.0f}\n",
-           n, parts, last_dup, applied, (double)all.len / (double)n, (double)n / s_dec, agg_ns,
-           (double)n / best, (double)n / med, best * 1e9 / (double)n);
+           "\"pipeline_median_per_s\":%.0f,\"pipeline_ns_per_event\":%.0f,"
+           "\"state_heap_bytes\":%zu,\"dedupe_bytes\":%zu,\"panes_open\":%zu,"
+           "\"panes_kept\":%zu,\"panes_1min\":%zu,\"panes_5min\":%zu,\"panes_1h\":%zu,"
+           "\"bytes_per_pane\":%.0f}\n",
+           n, parts, (int)RUNS, (int)(EVENT_TIME_MS / 1000), last_dup, applied, (double)all.len / (double)n, (double)n / s_dec, agg_ns,
+           (double)n / best, (double)n / med, best * 1e9 / (double)n, mem_state, mem_dedupe,
+           panes_open, panes_kept, panes_by_size[0], panes_by_size[1], panes_by_size[2],
+           panes_open + panes_kept
+               ? (double)(mem_state - mem_dedupe) / (double)(panes_open + panes_kept)
+               : 0.0);
     cm_buf_free(&all);
     cm_buf_free(&out);
     cm_event_free(&ev);

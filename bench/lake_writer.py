@@ -5,15 +5,18 @@
 
 Without STACK_ENV it starts a stack of its own in .run/bench-lw and stops it.
 Input: $BENCH_RAW_TOPIC (pre-filled by scripts/bench.sh with $BENCH_EVENTS
-events), else a topic of its own filled by cs-kperf (LW_BENCH_EVENTS, default
-1000000). For each configuration the writer reads the whole topic into
-events_raw on a fresh local warehouse; the run ends when the committed
-snapshot holds every row. Figures:
+events: the topic the physical limit was measured on), else a topic of its
+own filled by cs-kperf (LW_BENCH_EVENTS, default 1000000). For each run the
+writer reads the whole topic into events_raw on a fresh local warehouse; the
+run ends when the committed snapshot holds every row. BENCH_RUNS runs
+(default 3) of the default configuration (the first one profiled with perf),
+then one with LAKE_AVRO_CODEC=deflate. Figures:
   rows_per_s         rows / wall seconds (start of the process to the commit
                      that holds the last row; includes start-up and one
                      LAKE_ROLL_AGE of waiting for the last commit)
-  rows_per_cpu_s     rows / CPU seconds of the writer process (user + sys,
-                     every thread: librdkafka's too) = rows/s per core
+  rows_per_cpu_s     rows / CPU seconds of the writer process (/proc utime +
+                     stime, every thread: librdkafka's too) = rows/s per core
+  peak_rss_bytes     VmHWM of the process just before it is stopped
   commit_p50_ms ...  commit latency, files per commit, bytes per row
 Writes $BENCH_OUT/lake_writer.json (default bench/out).
 """
@@ -28,6 +31,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _benchlib as bl  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 BIN = os.environ.get("BIN_DIR", os.path.join(ROOT, "build", "bin"))
@@ -104,7 +110,7 @@ def metric_value(text, prefix):
     return None
 
 
-def run(stack, topic, n, label, **env_extra):
+def run(stack, topic, n, label, prof=False, **env_extra):
     wh = tempfile.mkdtemp(prefix="lw-bench-")
     port = free_port()
     env = dict(os.environ)
@@ -114,9 +120,11 @@ def run(stack, topic, n, label, **env_extra):
                 "LAKE_INSTANCE_ID": f"bench-{label}", "LAKE_ROLL_AGE": "2s",
                 "LAKE_LOG_LEVEL": "warn"})
     env.update(env_extra)
-    log = open(os.path.join(wh, "..", f"lw-bench-{label}.log"), "wb")
+    log = open(os.path.join(tempfile.gettempdir(), f"lw-bench-{os.getpid()}-{label}.log"), "wb")
     t0 = time.time()
     p = subprocess.Popen([os.path.join(BIN, "lake-writer")], env=env, stdout=log, stderr=log)
+    if prof:
+        bl.profile("start", "lake-writer", p.pid)
     try:
         while total_records(os.path.join(wh, "events_raw")) < n:
             if p.poll() is not None:
@@ -126,7 +134,10 @@ def run(stack, topic, n, label, **env_extra):
             time.sleep(0.05)
         wall = time.time() - t0
         cpu = cpu_seconds(p.pid)
+        if prof:
+            bl.profile("stop", "lake-writer")
         text = metrics(port)
+        hwm = bl.proc_hwm(p.pid)
     finally:
         p.terminate()
         p.wait(15)
@@ -134,8 +145,11 @@ def run(stack, topic, n, label, **env_extra):
                glob.glob(os.path.join(wh, "events_raw", "data", "**", "*.avro"), recursive=True))
     files = len(glob.glob(os.path.join(wh, "events_raw", "data", "**", "*.avro"), recursive=True))
     shutil.rmtree(wh, ignore_errors=True)
+    log.close()
+    os.unlink(log.name)  # kept only when the run fails (its path is in the error)
     commits = metric_value(text, 'lake_commits_total{table="events_raw"}')
-    res = {"config": label, "rows": n, "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
+    res = {"config": label, "events": n, "rows": n, "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
+           "peak_rss_bytes": hwm,
            "rows_per_s": round(n / wall), "rows_per_cpu_s": round(n / cpu),
            "commits": commits, "data_files": files, "data_bytes": size,
            "bytes_per_row": round(size / n, 1),
@@ -172,15 +186,15 @@ def main():
                                    "100000", "-s", "7"], check=True, capture_output=True,
                                   text=True)
             print("filled:", fill.stdout.strip(), flush=True)
-        results = [
-            run(stack, topic, n, "default"),  # codec null, fsync on
-            run(stack, topic, n, "deflate", LAKE_AVRO_CODEC="deflate"),
-        ]
+        runs = [run(stack, topic, n, f"default-{i + 1}", prof=(i == 0))  # codec null, fsync on
+                for i in range(bl.RUNS)]
+        deflate = run(stack, topic, n, "deflate", LAKE_AVRO_CODEC="deflate")
         os.makedirs(OUT, exist_ok=True)
-        doc = {"stage": "lake-writer", "target_rows_per_cpu_s": 300000,
-               "headline": {"rows_per_cpu_s": results[0]["rows_per_cpu_s"],
-                            "rows_per_s": results[0]["rows_per_s"]},
-               "runs": results}
+        doc = {"stage": "lake-writer",
+               "summary": {"unit": "rows", "limit": "consume", "target_per_core": 300000,
+                           "input": topic, "runs": runs},
+               "deflate_run": deflate,
+               "runs": runs}
         with open(os.path.join(OUT, "lake_writer.json"), "w") as f:
             json.dump(doc, f, indent=1)
         print("wrote", os.path.join(OUT, "lake_writer.json"))
