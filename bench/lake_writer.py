@@ -25,7 +25,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,24 +38,6 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 BIN = os.environ.get("BIN_DIR", os.path.join(ROOT, "build", "bin"))
 OUT = os.environ.get("BENCH_OUT", os.path.join(ROOT, "bench", "out"))
 TCK = os.sysconf("SC_CLK_TCK")
-
-
-def read_env(path):
-    env = {}
-    with open(path) as f:
-        for line in f:
-            if "=" in line:
-                k, v = line.strip().split("=", 1)
-                env[k] = v
-    return env
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def total_records(tdir):
@@ -112,7 +93,7 @@ def metric_value(text, prefix):
 
 def run(stack, topic, n, label, prof=False, **env_extra):
     wh = tempfile.mkdtemp(prefix="lw-bench-")
-    port = free_port()
+    port = bl.free_port()
     env = dict(os.environ)
     env.update({"KAFKA_BOOTSTRAP": stack["KAFKA_BOOTSTRAP"], "TOPIC_RAW": topic,
                 "LAKE_TABLES": "events_raw", "LAKE_WAREHOUSE": wh, "LAKE_ADMIN_PORT": str(port),
@@ -167,11 +148,11 @@ def run(stack, topic, n, label, prof=False, **env_extra):
 def main():
     own = None
     if os.environ.get("STACK_ENV"):
-        stack = read_env(os.environ["STACK_ENV"])
+        stack = bl.read_env(os.environ["STACK_ENV"])
     else:
         own = os.path.join(ROOT, ".run", "bench-lw")
         subprocess.run([os.path.join(ROOT, "scripts", "stack.sh"), "start", own], check=True)
-        stack = read_env(os.path.join(own, "stack.env"))
+        stack = bl.read_env(os.path.join(own, "stack.env"))
     try:
         topic = os.environ.get("BENCH_RAW_TOPIC")
         if topic:

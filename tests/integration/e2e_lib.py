@@ -34,7 +34,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,7 +45,8 @@ from collections import Counter, defaultdict
 import fastavro
 from confluent_kafka import Consumer, TopicPartition, OFFSET_BEGINNING
 
-from conftest import ARTIFACTS, ROOT, Proc, bin_path, create_topics, http_get, read_env
+from conftest import (ARTIFACTS, ROOT, Proc, bin_path, create_topics, free_port, http_get,
+                      read_env)
 from reference import sessions_ref
 from test_aggregator import LUA, decode_result
 from test_lake_writer import current_metadata, pyiceberg_rows, total_records
@@ -56,6 +56,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "reference"))
 import windows_ref  # noqa: E402  (the module test_aggregator uses)
 
 HOUR = 3_600_000
+DAY = 24 * HOUR
 SIZES = windows_ref.SIZES
 DIMS = windows_ref.DIMS
 KEEP_MS = {60000: HOUR, 300000: 6 * HOUR, 3600000: 48 * HOUR}  # SPEC §6
@@ -67,14 +68,6 @@ STACK_SH = os.path.join(ROOT, "scripts", "stack.sh")
 
 def log(*a):
     print(f"[{time.strftime('%H:%M:%S')}]", *a, flush=True)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 # ------------------------------------------------------------ partitioning
@@ -976,6 +969,7 @@ class Pipeline:
                          "SESSIONIZER_GROUP_ID": f"e2e-sz-{n}",
                          "SESSIONIZER_TRANSACTIONAL_ID": f"e2e-sz-{n}-{idx}",
                          "ADMIN_ADDR": "127.0.0.1", "ADMIN_PORT": port,
+                         "SESSIONIZER_IDLE_TIMEOUT": "3s",
                          "RDKAFKA_SESSION_TIMEOUT_MS": "6000", "LOG_LEVEL": "info"})
             base.update(self.mutate.get("sessionizer", {}))
         elif kind == "aggregator":
@@ -1126,8 +1120,10 @@ class Pipeline:
 
 class Load:
     """cs-loadgen posting one reproducible stream through the gateway, in the
-    background; the stream ends 3 h before now, so that the flush events
-    (2 h after it) are still in the gateway's past."""
+    background. The stream straddles a UTC midnight (its middle is the last
+    midnight that lets it end 3 h before now, so that the idle tail and the
+    flush events after it are still in the gateway's past): sessions, windows
+    and the lake's day partitions cross a day boundary."""
 
     def __init__(self, pipe, count, seed, users=400, gap_ms=600000, rate=0, dup=0.02,
                  ooo=0.05, late=0.01, invalid=0.02, concurrency=4, batch=50):
@@ -1139,7 +1135,9 @@ class Load:
             self.args += ["--gap-ms", str(gap_ms)]
         span = int(subprocess.run(self.args + ["--print-span"], capture_output=True, text=True,
                                   check=True).stdout.strip())
-        self.start_ms = int(time.time() * 1000) - span - 3 * HOUR
+        end_by = int(time.time() * 1000) - 3 * HOUR
+        midnight = (end_by - span // 2) // DAY * DAY
+        self.start_ms = midnight - span // 2
         self.out = os.path.join(pipe.dir, "stream.ndjson")
         self.summary = os.path.join(pipe.dir, "summary.json")
         self.args += ["--start", str(self.start_ms), "--url", pipe.gw_url, "--out", self.out,
@@ -1150,6 +1148,7 @@ class Load:
         self.proc = None
         self.sent = None
         self.flush = None
+        self.tail = []
 
     def begin(self):
         self.log = open(os.path.join(self.pipe.dir, "loadgen.log"), "wb")
@@ -1179,6 +1178,42 @@ class Load:
         log(f"load: {self.count} events posted in {self.duration:.0f}s, {dict(kinds)}, "
             f"retries {self.summary_json.get('retries')}")
 
+    def days(self):
+        """The UTC days the stream's valid events fall on."""
+        return sorted({sent_ms(e["timestamp"]) // DAY for e in self.sent
+                       if e["_lg"]["kind"] != "invalid" and sent_ms(e["timestamp"])})
+
+    def post_idle_tail(self, active=3, seconds=8.0, step_ms=20000):
+        """After the stream, events on the first `active` raw partitions only,
+        for `seconds` of processing time (beyond the services' idle
+        timeouts) and 20 s of event time per request: the other partitions
+        go idle, the watermarks move on without them, the windows and
+        sessions of the stream are emitted meanwhile; the flush that follows
+        wakes them up. Compared like the stream (their users are not flush
+        users)."""
+        n = self.pipe.raw_partitions
+        users, i = {}, 0
+        while len(users) < active:
+            u = f"idle-{self.seed}-{i}"
+            p = partition_of(u, n)
+            if p < active:
+                users.setdefault(p, u)
+            i += 1
+        steps = max(1, int(seconds / 0.25))
+        t = self.max_ts
+        for k in range(steps):
+            t += step_ms
+            batch = [{"event_id": f"idle-{self.seed}-{k}-{p}", "user_id": u,
+                      "event_type": "page_view", "page_url": f"https://shop.example/idle/{k % 7}",
+                      "timestamp": t} for p, u in sorted(users.items())]
+            code, body = post(self.pipe.gw_url, batch)
+            assert code == 202 and body["accepted"] == len(batch), (code, body)
+            self.tail += batch
+            time.sleep(seconds / steps)
+        self.max_ts = t
+        log(f"idle tail: {len(self.tail)} events on partitions {sorted(users)} of {n} "
+            f"over {seconds:.0f}s, event time up to {t}")
+
     def post_flush(self):
         """One event per raw partition 2 h after the stream: every partition's
         watermark passes the end of every session and window of the stream."""
@@ -1207,7 +1242,7 @@ def verify(pipe, load, timeout=180, faults=None, check_redis=True, tamper=None):
     _DECODED.clear()
     raw = read_topic(bs, pipe.t["raw"])
     allowed_extra = int(pipe.gateway_metric("gateway_events_not_stored_total"))
-    d_raw = compare_raw(load.sent, raw, load.flush, allowed_extra)
+    d_raw = compare_raw(load.sent, raw, load.tail + load.flush, allowed_extra)
     redis_cut = redis_cut_after_flush(raw, faults) if faults is not None else None
     flush_ids = {f["user_id"] for f in load.flush}
     ref = Reference(raw, flush_ids, load.max_ts)

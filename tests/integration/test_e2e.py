@@ -17,9 +17,12 @@ independently of the services (e2e_lib.py):
     sessions, metrics_1min / 5min / hourly, late_events), and their final
     values equal the references.
 
-A last "flush" event per raw partition, hours after the stream in event
-time, moves every partition's watermark far enough that all sessions and
-windows of the stream are final, so the comparison covers all of them.
+The stream straddles a UTC midnight. After it, an idle tail posts events to
+3 of the 12 raw partitions only, for longer than the services' idle
+timeouts: the others go idle and the watermarks move on without them. A
+last "flush" event per raw partition, hours after the stream in event time,
+wakes them and moves every partition's watermark far enough that all
+sessions and windows are final, so the comparison covers all of them.
 
 E2E_EVENTS sets the size, E2E_SEED the stream. E2E_MUTATE_GW, E2E_MUTATE_SZ,
 E2E_MUTATE_AG and E2E_MUTATE_LW (JSON objects of environment variables)
@@ -34,6 +37,7 @@ long run `make e2e-long`.
 """
 import json
 import os
+import time
 
 import pytest
 import redis
@@ -78,13 +82,23 @@ def test_pipeline_equals_reference(pipeline):
     load = Load(pipeline, COUNT, SEED)
     load.begin()
     load.finish(timeout=900)
+    assert len(load.days()) >= 2, f"the stream does not cross a UTC midnight: {load.days()}"
+    stream_end = load.max_ts
+    load.post_idle_tail()
+    # 9 of the 12 raw partitions are idle: the aggregator's merged watermark
+    # must have moved past the stream without them
+    deadline = time.time() + 30
+    while pipeline.metric("aggregator", "aggregator_merge_watermark_ms") <= stream_end:
+        assert time.time() < deadline, "idle partitions hold the merged watermark back"
+        time.sleep(0.5)
     load.post_flush()
     diffs, stats = verify(pipeline, load, tamper=(lambda: tamper_redis(pipeline, load))
                           if MUTATE_REDIS else None)
     log(f"stats: {stats}")
 
     # The gateway's own counters agree with what the generator saw.
-    valid = sum(1 for e in load.sent if e["_lg"]["kind"] != "invalid") + len(load.flush)
+    valid = sum(1 for e in load.sent if e["_lg"]["kind"] != "invalid") + len(load.tail) + \
+        len(load.flush)
     accepted = pipeline.gateway_metric("gateway_events_accepted_total")
     judge(diffs, f"end to end, seed {SEED}, {COUNT} events")
     assert accepted == valid, (accepted, valid, load.summary_json)

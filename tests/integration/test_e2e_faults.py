@@ -65,6 +65,7 @@ def run_variant(name, stack_env, workdir, seed, plan, rate, count=EVENTS, users=
         load.begin()
         faults.run(plan(rnd, count / rate), load)
         load.finish(timeout=3600)
+        load.post_idle_tail()
         load.post_flush()
         log(f"faults injected: {faults.injected}")
         diffs, stats = verify(pipe, load, timeout, faults)
