@@ -158,7 +158,7 @@ LONG = os.environ.get("E2E_LONG") == "1"
 def long_plan(rnd, d):
     """Every fault, spread over the load: 4 kills of each stateful service,
     scale changes of the sessionizer and the aggregator (2 -> 3 -> 2), a
-    broker restart, Redis down 60 s then flushed, the lake's disk full."""
+    broker restart, Redis down 60 s then flushed, the lake's disk full for 60 s."""
     plan = []
     for kind in ("sessionizer", "aggregator", "lake-writer"):
         plan += [(t, "kill", (kind,)) for t in spread(rnd, 4, 0.05 * d, 0.95 * d)]
@@ -167,7 +167,7 @@ def long_plan(rnd, d):
              (t[2], "scale", ("sessionizer", 2)), (t[3], "scale", ("aggregator", 2))]
     plan.append((rnd.uniform(0.3 * d, 0.4 * d), "kafka_restart", ()))
     plan.append((rnd.uniform(0.5 * d, 0.6 * d), "redis_down", (60,)))
-    plan.append((rnd.uniform(0.7 * d, 0.8 * d), "disk_fill", (20,)))
+    plan.append((rnd.uniform(0.7 * d, 0.8 * d), "disk_fill", (60,)))
     return plan
 
 
