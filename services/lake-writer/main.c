@@ -18,6 +18,11 @@
 #include "lake_metadata.h"
 #include "lake_storage.h"
 
+/* Fatal consumer errors survived by starting over: at most this many within
+ * this long. */
+#define LW_RESTARTS_MAX 5
+#define LW_RESTART_WINDOW_MS (10 * 60 * 1000)
+
 /* lake-writer expire-snapshots TABLE [--older-than DURATION] [--retain-last N] */
 static int expire_main(int argc, char **argv)
 {
@@ -138,7 +143,53 @@ int main(int argc, char **argv)
     char desc[2048];
     cm_config_describe(lw_config_table, &cfg, desc, sizeof(desc));
     cm_log_info("started", "admin_port", "%d", cm_admin_port(adm), "config", "%s", desc, NULL);
-    cm_err_t err = lw_loop_run(loop);
+    cm_counter_t *restarts = cm_metrics_counter(
+        reg, "lake_consumer_restarts_total",
+        "consumers started over after a fatal Kafka error (e.g. fenced after a broker restart)",
+        NULL);
+    int64_t window_start = cm_mono_ms();
+    int in_window = 0;
+    cm_err_t err;
+    for (;;) {
+        err = lw_loop_run(loop);
+        if (err != CM_ERR_FATAL || cm_signal_stop_requested())
+            break;
+        /* A fatal error of the consumer, e.g. FENCED_INSTANCE_ID: the broker
+         * gave this static member's id to a newer member id, which happens
+         * when the group coordinator moves or restarts while a commit is in
+         * flight. Nothing is lost (the input offsets live in the tables'
+         * snapshots): start over as a restarted process would. Fenced again
+         * and again means another writer runs with the same
+         * LAKE_INSTANCE_ID: stop, and say so. */
+        int64_t now = cm_mono_ms();
+        if (now - window_start > LW_RESTART_WINDOW_MS) {
+            window_start = now;
+            in_window = 0;
+        }
+        if (++in_window > LW_RESTARTS_MAX) {
+            cm_log_error("the Kafka consumer failed fatally too often; is another lake-writer "
+                         "running with the same instance id?",
+                         "instance_id", "%s", cfg.instance, "restarts", "%d", in_window - 1,
+                         NULL);
+            break;
+        }
+        cm_log_warn("the Kafka consumer failed fatally: starting over from the table snapshots",
+                    "restart", "%d", in_window, NULL);
+        cm_counter_inc(restarts);
+        cm_admin_set_ready_fn(adm, NULL, NULL);
+        cm_admin_set_ready(adm, false, "restarting the consumer");
+        lw_loop_destroy(loop);
+        loop = NULL;
+        if (cm_signal_wait(1000))
+            break;
+        loop = lw_loop_new(&cfg, &pt, reg, errstr, sizeof(errstr));
+        if (!loop) {
+            cm_log_error("restart failed", "error", "%s", errstr, NULL);
+            err = CM_ERR_FATAL;
+            break;
+        }
+        cm_admin_set_ready_fn(adm, lw_loop_ready, loop);
+    }
     cm_log_info("stopping", "signal", "%d", cm_signal_received(), NULL);
     rc = err == CM_OK ? 0 : 1;
 out:

@@ -437,6 +437,58 @@ def test_two_writers_share_partitions(stack, unique, procs, warehouse):
     assert writers == {"w0", "w1"}, writers
 
 
+def test_fenced_consumer_starts_over(stack, unique, procs, warehouse):
+    """A static member fenced by the broker (FENCED_INSTANCE_ID, a fatal
+    consumer error: here another consumer joins with the writer's
+    group.instance.id, as the broker sees it after a coordinator restart)
+    starts over from the table snapshots instead of exiting: still running,
+    a restart counted, every row exactly once."""
+    topics = Topics(stack, unique, parts=(2, 1, 1, 1))
+    p = producer(stack)
+    group = f"lw-{unique}"
+    port = free_port()
+    env = writer_env(stack, topics, warehouse, port, LAKE_TABLES="events_raw",
+                     LAKE_ROLL_AGE="200ms", LAKE_GROUP_ID=group, LAKE_INSTANCE_ID="fenced-w")
+    w = procs("lake-writer", env)
+    w.wait_http(f"http://127.0.0.1:{port}/readyz")
+    first = [make_event(i, unique, spread_s=3600) for i in range(2000)]
+    produce_all(p, topics.raw, [frame(EVENT, 1, e) for e in first],
+                key=lambda i: first[i]["user_id"].encode())
+    wait_rows(warehouse, {"events_raw": len(first)}, timeout=60, proc=w)
+
+    intruder = confluent_kafka.Consumer({
+        "bootstrap.servers": stack["KAFKA_BOOTSTRAP"], "group.id": group,
+        "group.instance.id": "fenced-w", "session.timeout.ms": 10000,
+        "partition.assignment.strategy": "cooperative-sticky", "enable.auto.commit": False,
+        "error_cb": lambda e: None})
+    intruder.subscribe([topics.raw])
+    deadline = time.time() + 30
+    restarts = 0.0
+    while time.time() < deadline and restarts < 1:
+        intruder.poll(0.2)
+        _, body = http_get(f"http://127.0.0.1:{port}/metrics")
+        for line in body.splitlines():
+            if line.startswith("lake_consumer_restarts_total "):
+                restarts = float(line.split()[1])
+    try:
+        intruder.close()
+    except confluent_kafka.KafkaException:
+        pass  # fenced in its turn by the writer's rejoin
+    assert restarts >= 1, f"the writer was never fenced and restarted: {w.tail()}"
+
+    second = [make_event(len(first) + i, unique, spread_s=3600) for i in range(2000)]
+    produce_all(p, topics.raw, [frame(EVENT, 1, e) for e in second],
+                key=lambda i: second[i]["user_id"].encode())
+    n = len(first) + len(second)
+    wait_rows(warehouse, {"events_raw": n}, timeout=90, proc=w)
+    assert w.p.poll() is None
+    md, _ = current_metadata(os.path.join(warehouse, "events_raw"))
+    _, _, rows = pyiceberg_rows(md)
+    ids = [r["event_id"] for r in rows]
+    assert len(ids) == n and len(set(ids)) == n, (len(ids), len(set(ids)), n)
+    assert w.term() == 0
+
+
 def test_expire_snapshots_is_explicit(stack, unique, procs, warehouse):
     topics = Topics(stack, unique, parts=(1, 1, 1, 1))
     p = producer(stack)
