@@ -36,6 +36,7 @@ typedef struct lw_topic {
 
 typedef struct lw_tmetrics {
     cm_counter_t *rows;
+    cm_counter_t *write_errors;
     cm_histogram_t *commit_seconds;
     cm_histogram_t *files_per_commit;
     uint64_t seen_commits;
@@ -110,6 +111,11 @@ static void register_metrics(lw_loop_t *l)
         l->tm[i].rows = cm_metrics_counter(r, "lake_rows_written_total",
                                            "rows appended to data files (committed or not)",
                                            "table", n, NULL);
+        l->tm[i].write_errors = cm_metrics_counter(
+            r, "lake_write_errors_total",
+            "rows that could not be written to a data file (disk full...): the batch is "
+            "dropped and read again",
+            "table", n, NULL);
         cm_metrics_counter_fn(r, "lake_rows_committed_total", "rows in committed snapshots",
                               stat_rows_committed, t, "table", n, NULL);
         cm_metrics_counter_fn(r, "lake_bytes_committed_total",
@@ -433,6 +439,9 @@ static cm_err_t append(lw_loop_t *l, lw_table_t *t, const lw_row_t *row)
     if (err) {
         cm_log_error("cannot write a row", "table", "%s", lw_table_def(t)->name, "error", "%s",
                      cm_err_str(err), NULL);
+        for (size_t i = 0; i < l->n_tables; i++)
+            if (l->tables[i] == t)
+                cm_counter_inc(l->tm[i].write_errors);
         return err;
     }
     for (size_t i = 0; i < l->n_tables; i++)

@@ -1539,10 +1539,10 @@ class Faults:
         return [(seconds, "disk_free", ())]
 
     def do_disk_free(self):
-        errs = self.pipe.metric("lake-writer", "lake_storage_errors_total") + \
-            self.pipe.metric("lake-writer", "lake_commit_failures_total")
+        errs = sum(self.pipe.metric("lake-writer", m) for m in (
+            "lake_write_errors_total", "lake_storage_errors_total", "lake_commit_failures_total"))
         self.disk.free()
-        self.record(f"warehouse space freed (lake-writer storage errors + commit failures "
+        self.record(f"warehouse space freed (lake-writer write and storage errors + commit failures "
                     f"so far: {errs:.0f})")
         self.disk_errors = errs
 
