@@ -54,21 +54,22 @@ def thread_cpu_delta(before, after):
                        key=lambda kv: -kv[1]))
 
 
-def proc_hwm(pid):
-    """Peak resident set (VmHWM) of a running process, bytes."""
+def _status_kib(pid, field):
+    """A kB field of /proc/<pid>/status, in bytes (None when absent)."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     return None
+
+
+def proc_hwm(pid):
+    """Peak resident set (VmHWM) of a running process, bytes."""
+    return _status_kib(pid, "VmHWM")
 
 
 def proc_rss(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return None
+    return _status_kib(pid, "VmRSS")
 
 
 def machine_cpu():

@@ -1085,22 +1085,21 @@ class Pipeline:
         """SIGTERM every running service (SPEC §8: exit 0 within 10 s); returns
         the ones that did not."""
         bad = []
-        for kind, svc in self.services.items():
-            for s in svc.values():
-                if s.proc is not None and s.proc.p.poll() is None:
-                    try:
-                        rc = s.proc.term(timeout=12)
-                    except AssertionError as e:
-                        rc = str(e)
-                    if rc != 0:
-                        bad.append(f"{kind} {s.idx}: exit {rc}: {s.proc.tail(1500)}")
-        if self.gateway is not None:
+
+        def term(proc, what):
             try:
-                rc = self.gateway.term(timeout=12)
+                rc = proc.term(timeout=12)
             except AssertionError as e:
                 rc = str(e)
             if rc != 0:
-                bad.append(f"gateway: exit {rc}")
+                bad.append(f"{what}: exit {rc}: {proc.tail(1500)}")
+
+        for kind, svc in self.services.items():
+            for s in svc.values():
+                if s.proc is not None and s.proc.p.poll() is None:
+                    term(s.proc, f"{kind} {s.idx}")
+        if self.gateway is not None:
+            term(self.gateway, "gateway")
         return bad
 
     def close(self):
