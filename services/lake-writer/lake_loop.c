@@ -599,6 +599,9 @@ static void commit_due(lw_loop_t *l, bool force)
             cm_log_error("commit failed, will retry", "table", "%s", lw_table_def(t)->name,
                          "error", "%s", err, NULL);
             failed = true;
+            /* The batch may have been dropped (a data file lost): read from
+             * the tables' positions again once storage is back. */
+            l->need_reseek = true;
         } else {
             after_commit(l, i);
             any = true;

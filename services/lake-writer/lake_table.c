@@ -675,10 +675,17 @@ cm_err_t lw_table_commit(lw_table_t *t, char *errstr, size_t errstr_size)
     cm_buf_init(&buf, 0);
     lw_manifest_file_t *mfs = NULL;
     lw_crash_point("commit-start");
+    if (errstr_size)
+        errstr[0] = 0;
     while (t->n_open) {
         err = close_file(t, t->n_open - 1);
         if (err) {
-            snprintf(errstr, errstr_size, "closing a data file: %s", cm_err_str(err));
+            /* The rows of that file are gone: the batch cannot be committed
+             * any more (its offsets would cover them). Drop it; the caller
+             * reads it again from the committed offsets. */
+            snprintf(errstr, errstr_size, "closing a data file: %s: batch dropped",
+                     cm_err_str(err));
+            discard_batch(t);
             goto out;
         }
     }
@@ -691,8 +698,8 @@ cm_err_t lw_table_commit(lw_table_t *t, char *errstr, size_t errstr_size)
                             errstr, errstr_size);
     if (!err)
         err = journal_add(t, mkey);
-    if (!err)
-        err = lw_storage_put(t->st, mkey, buf.data, buf.len, false);
+    if (!err && (err = lw_storage_put(t->st, mkey, buf.data, buf.len, false)))
+        snprintf(errstr, errstr_size, "writing %s: %s", mkey, cm_err_str(err));
     if (err)
         goto out;
     lw_crash_point("manifest-written");
@@ -745,8 +752,8 @@ cm_err_t lw_table_commit(lw_table_t *t, char *errstr, size_t errstr_size)
                                      t->o.manifest_codec, &buf, errstr, errstr_size);
         if (!err)
             err = journal_add(t, lkey);
-        if (!err)
-            err = lw_storage_put(t->st, lkey, buf.data, buf.len, false);
+        if (!err && (err = lw_storage_put(t->st, lkey, buf.data, buf.len, false)))
+            snprintf(errstr, errstr_size, "writing %s: %s", lkey, cm_err_str(err));
         if (err)
             goto out;
 
@@ -883,6 +890,8 @@ cm_err_t lw_table_commit(lw_table_t *t, char *errstr, size_t errstr_size)
 out:
     free(mfs);
     cm_buf_free(&buf);
+    if (err && errstr_size && !errstr[0])
+        snprintf(errstr, errstr_size, "%s", cm_err_str(err)); /* the journal, memory */
     if (err && err != CM_ERR_RETRY) {
         pthread_mutex_lock(&t->stats_mu);
         t->stats.commit_failures++;

@@ -86,7 +86,10 @@ uint64_t lw_table_batch_rows(const lw_table_t *t);
  * a concurrent commit). No-op without rows. CM_ERR_RETRY: another writer has
  * committed some of the same offsets meanwhile (a rebalance): the batch was
  * discarded and pos rewound to the new committed offsets: the caller must
- * seek back (lw_table_pos). Other errors: the batch is kept, retry later.
+ * seek back (lw_table_pos). A data file that cannot be closed (disk full)
+ * loses its rows: the batch is discarded as well, pos rewound, and the error
+ * returned. Other errors (manifests, metadata): the batch is kept, retry
+ * later. errstr always says what failed.
  */
 cm_err_t lw_table_commit(lw_table_t *t, char *errstr, size_t errstr_size);
 

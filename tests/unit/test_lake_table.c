@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -442,6 +443,102 @@ static void test_crash_points(void **state)
     }
 }
 
+/* Storage failing: RLIMIT_FSIZE makes every write past the first byte fail
+ * (EFBIG), as a full disk fails them (ENOSPC). */
+static void storage_fails(bool on)
+{
+    struct rlimit rl;
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &rl), 0);
+    rl.rlim_cur = on ? 1 : rl.rlim_max;
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &rl), 0);
+}
+
+static void append_range(lw_table_t *t, cm_event_t *ev, int from, int to)
+{
+    for (int i = from; i < to; i++) {
+        make_event(ev, i, 1705314600000LL);
+        lw_row_t row = {.ev = ev, .partition = 0, .offset = i};
+        assert_true(lw_table_wants(t, 0, i));
+        assert_int_equal(lw_table_append(t, &row), CM_OK);
+    }
+}
+
+/* err was filled with 'X' before the call: it must now hold a message. */
+static bool printable(const char *s, size_t size)
+{
+    if (!memchr(s, 0, size) || !s[0] || s[0] == 'X')
+        return false;
+    for (; *s; s++)
+        if (*s < 0x20 || *s > 0x7e)
+            return false;
+    return true;
+}
+
+/* A data file that cannot be closed loses its rows: the failed commit drops
+ * the batch and rewinds, and the next commit must not claim its offsets. */
+static void test_storage_failure_on_close(void **state)
+{
+    fx_t *fx = *state;
+    signal(SIGXFSZ, SIG_IGN);
+    lw_table_t *t = open_events(fx);
+    cm_event_t ev;
+    cm_event_init(&ev);
+    append_range(t, &ev, 0, 10);
+    char err[256];
+    assert_int_equal(lw_table_commit(t, err, sizeof(err)), CM_OK);
+    append_range(t, &ev, 10, 20);
+    storage_fails(true);
+    memset(err, 'X', sizeof(err));
+    cm_err_t e = lw_table_commit(t, err, sizeof(err));
+    storage_fails(false);
+    assert_int_not_equal(e, CM_OK);
+    assert_non_null(strstr(err, "closing a data file"));
+    assert_true(printable(err, sizeof(err)));
+    assert_int_equal(lw_table_batch_rows(t), 0);
+    assert_int_equal(lw_table_pos(t, 0), 10);
+    assert_true(lw_table_wants(t, 0, 10));
+    /* Storage back: nothing to commit until the rows are read again. */
+    assert_int_equal(lw_table_commit(t, err, sizeof(err)), CM_OK);
+    assert_int_equal(lw_table_committed(t, 0), 10);
+    assert_int_equal(table_rows(fx, "events_raw", NULL), 10);
+    append_range(t, &ev, 10, 20);
+    assert_int_equal(lw_table_commit(t, err, sizeof(err)), CM_OK);
+    assert_int_equal(lw_table_committed(t, 0), 20);
+    assert_int_equal(table_rows(fx, "events_raw", NULL), 20);
+    lw_table_destroy(t);
+    cm_event_free(&ev);
+}
+
+/* Data files closed (rolled) before the failure: the manifest cannot be
+ * written, the batch is kept, and the retry commits all of it. */
+static void test_storage_failure_after_close(void **state)
+{
+    fx_t *fx = *state;
+    signal(SIGXFSZ, SIG_IGN);
+    lw_table_opts_t o = {.topic = "clickstream.raw", .instance = "test", .roll_bytes = 1};
+    char err[256];
+    lw_table_t *t = lw_table_open(lw_table_def_find("events_raw"), fx->st, &o, err,
+                                  sizeof(err));
+    assert_non_null(t);
+    cm_event_t ev;
+    cm_event_init(&ev);
+    append_range(t, &ev, 0, 5);
+    storage_fails(true);
+    memset(err, 'X', sizeof(err));
+    cm_err_t e = lw_table_commit(t, err, sizeof(err));
+    storage_fails(false);
+    assert_int_not_equal(e, CM_OK);
+    assert_true(printable(err, sizeof(err)));
+    assert_int_equal(lw_table_batch_rows(t), 5);
+    assert_int_equal(lw_table_commit(t, err, sizeof(err)), CM_OK);
+    assert_int_equal(lw_table_committed(t, 0), 5);
+    int files;
+    assert_int_equal(table_rows(fx, "events_raw", &files), 5);
+    assert_int_equal(files, 5);
+    lw_table_destroy(t);
+    cm_event_free(&ev);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -450,6 +547,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_conflict_rebase, setup, teardown),
         cmocka_unit_test_setup_teardown(test_all_tables_and_rolling, setup, teardown),
         cmocka_unit_test_setup_teardown(test_crash_points, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_storage_failure_on_close, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_storage_failure_after_close, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
