@@ -696,8 +696,9 @@ cm_err_t lw_table_commit(lw_table_t *t, char *errstr, size_t errstr_size)
     lw_crash_point("files-closed");
     err = lw_manifest_write(t->def, t->done, t->n_done, t->o.manifest_codec, &buf, &mf,
                             errstr, errstr_size);
-    if (!err)
-        err = journal_add(t, mkey);
+    if (!err && (err = journal_add(t, mkey)))
+        snprintf(errstr, errstr_size, "writing the journal %s: %s", t->journal_key,
+                 cm_err_str(err));
     if (!err && (err = lw_storage_put(t->st, mkey, buf.data, buf.len, false)))
         snprintf(errstr, errstr_size, "writing %s: %s", mkey, cm_err_str(err));
     if (err)
@@ -750,8 +751,9 @@ cm_err_t lw_table_commit(lw_table_t *t, char *errstr, size_t errstr_size)
         lw_storage_uri(t->st, lkey, luri, sizeof(luri));
         err = lw_manifest_list_write(mfs, t->n_base_mfs + 1, sid, parent, seq,
                                      t->o.manifest_codec, &buf, errstr, errstr_size);
-        if (!err)
-            err = journal_add(t, lkey);
+        if (!err && (err = journal_add(t, lkey)))
+            snprintf(errstr, errstr_size, "writing the journal %s: %s", t->journal_key,
+                     cm_err_str(err));
         if (!err && (err = lw_storage_put(t->st, lkey, buf.data, buf.len, false)))
             snprintf(errstr, errstr_size, "writing %s: %s", lkey, cm_err_str(err));
         if (err)
@@ -891,7 +893,7 @@ out:
     free(mfs);
     cm_buf_free(&buf);
     if (err && errstr_size && !errstr[0])
-        snprintf(errstr, errstr_size, "%s", cm_err_str(err)); /* the journal, memory */
+        snprintf(errstr, errstr_size, "%s", cm_err_str(err)); /* out of memory */
     if (err && err != CM_ERR_RETRY) {
         pthread_mutex_lock(&t->stats_mu);
         t->stats.commit_failures++;
