@@ -857,6 +857,27 @@ static int32_t wait_partitions(rd_kafka_t *rk, const char *topic)
     return n;
 }
 
+/* An input or output topic at start-up: a broker just started (or a topic
+ * just created by a deployment script) can take seconds to show it in
+ * metadata. Waits up to AG_TOPIC_WAIT_MS, saying so once. */
+#define AG_TOPIC_WAIT_MS 30000
+static int32_t wait_topic(rd_kafka_t *rk, const char *topic)
+{
+    int64_t deadline = cm_mono_ms() + AG_TOPIC_WAIT_MS;
+    bool said = false;
+    for (;;) {
+        int32_t n = topic_partitions(rk, topic);
+        if (n > 0 || cm_mono_ms() >= deadline || cm_signal_stop_requested())
+            return n;
+        if (!said) {
+            cm_log_warn("waiting for a topic", "topic", "%s", topic, "seconds", "%d",
+                        AG_TOPIC_WAIT_MS / 1000, NULL);
+            said = true;
+        }
+        cm_signal_wait(500);
+    }
+}
+
 static bool create_topic(rd_kafka_t *rk, const char *name, int parts, bool compact,
                          char *errstr, size_t n)
 {
@@ -905,13 +926,13 @@ static bool setup_topics(ag_app_t *a, char *errstr, size_t n)
         return false;
     }
     bool ok = false;
-    a->n_raw = topic_partitions(rk, a->cfg->topic_raw);
+    a->n_raw = wait_topic(rk, a->cfg->topic_raw);
     if (a->n_raw <= 0) {
-        snprintf(errstr, n, "topic %s not found (or Kafka unreachable)", a->cfg->topic_raw);
+        snprintf(errstr, n, "topic %s not found within 30 s (or Kafka unreachable)", a->cfg->topic_raw);
         goto out;
     }
     a->n_ses = 0;
-    if (a->sessions_on && (a->n_ses = topic_partitions(rk, a->cfg->topic_sessions)) <= 0) {
+    if (a->sessions_on && (a->n_ses = wait_topic(rk, a->cfg->topic_sessions)) <= 0) {
         snprintf(errstr, n, "topic %s not found", a->cfg->topic_sessions);
         goto out;
     }
@@ -919,7 +940,7 @@ static bool setup_topics(ag_app_t *a, char *errstr, size_t n)
      * its transaction times out, again and again */
     const char *outs[2] = {a->cfg->topic_metrics, a->cfg->topic_late};
     for (int i = 0; i < 2; i++) {
-        if (topic_partitions(rk, outs[i]) <= 0) {
+        if (wait_topic(rk, outs[i]) <= 0) {
             snprintf(errstr, n, "topic %s not found", outs[i]);
             goto out;
         }
