@@ -615,6 +615,10 @@ class Pipeline:
             t = bl.metrics_text(self.ports["lake-writer"])
             out["lake_commits"] = bl.metric_sum(t, "lake_commits_total")
             out["lake_rows_committed"] = bl.metric_sum(t, "lake_rows_committed_total")
+            t = bl.metrics_text(self.ports["dashboard-ws"])
+            for k in ("dashboard_redis_reads_total", "dashboard_redis_read_seconds_sum",
+                      "dashboard_notes_total", "dashboard_messages_sent_total"):
+                out[k] = bl.metric_sum(t, k)
         except OSError:
             pass
         return out

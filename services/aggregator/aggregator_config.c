@@ -43,7 +43,7 @@ const cm_config_entry_t ag_config_table[] = {
       "Redis connect and command timeout"),
     E(CM_CFG_MS, "AGGREGATOR_REDIS_RETRY", "1s", redis_retry_ms, 10, 600000,
       "least time between two Redis connection attempts"),
-    E(CM_CFG_MS, "AGGREGATOR_FLUSH_INTERVAL", "100ms", flush_interval_ms, 10, 500,
+    E(CM_CFG_MS, "AGGREGATOR_FLUSH_INTERVAL", "250ms", flush_interval_ms, 10, 500,
       "Redis flush period of the open windows (at most 500 ms)"),
     E(CM_CFG_MS, "AGGREGATOR_COARSE_FLUSH_INTERVAL", "2s", coarse_flush_ms, 0, 60000,
       "Redis write period of the dimension counts of OPEN 5-min and 1-h windows "
