@@ -147,7 +147,7 @@ int main(int argc, char **argv)
     long applied = 0;
     cm_buf_t out;
     cm_buf_init(&out, 0);
-    static uint8_t packed[AG_HLL_REDIS_SIZE];
+    static uint8_t packed[CM_HLL_REDIS_SIZE];
     size_t mem_state = 0, mem_dedupe = 0, panes_open = 0, panes_kept = 0;
     size_t panes_by_size[AG_N_SIZES] = {0};
     for (int run = 0; run < RUNS; run++) {
@@ -180,7 +180,7 @@ int main(int argc, char **argv)
                             q->changed = false;
                         }
                         if (q->redis_hll_dirty)
-                            ag_hll_to_redis(q->hll, packed);
+                            cm_hll_to_redis(q->hll, packed);
                         q->redis_totals_dirty = q->redis_hll_dirty = q->redis_full = false;
                         for (int d = 0; d < AG_N_DIMS; d++)
                             ag_counts_clean(&q->dims[d]);

@@ -488,6 +488,18 @@ else:
                           "cores (every process on it) are given beside each run.")
         lines.append("")
 
+# ----------------------------------------------------- dashboard read, 1 h
+dr = doc("dashboard_read")
+if dr and "error" not in dr:
+    lines += ["## Dashboard read with a full hour", "",
+              f"dashboard-ws on {fmt(dr.get('windows'))} one-minute windows of "
+              f"{fmt(dr.get('partitions'))} partitions each ({dr.get('hll_encoding')} HyperLogLogs of "
+              f"{fmt(dr.get('users_per_hll'))} users), one aggregator note for the current window "
+              f"every 250 ms for {fmt(dr.get('seconds'))} s (`bench/dashboard_read.py`): "
+              f"{fmt(dr.get('reads'))} reads, **{fmt(dr.get('read_ms_mean'))} ms per read** "
+              f"(dashboard_redis_read_seconds), Redis CPU {fmt(dr.get('redis_cpu_ms_per_read'))} ms "
+              f"and dashboard-ws CPU {fmt(dr.get('dashboard_cpu_ms_per_read'))} ms per read.", ""]
+
 # ------------------------------------------------------------------ memory
 lines += ["## Memory", ""]
 if sz.get("inproc"):

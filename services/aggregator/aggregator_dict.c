@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "aggregator_hll.h"
+#include "cm_hll.h"
 
 #define INTERN_CHUNK (64 * 1024)
 
@@ -81,7 +81,7 @@ static char *intern_store(ag_intern_t *t, const char *s, size_t n)
 
 uint64_t ag_intern_hash(const char *s, size_t n)
 {
-    return ag_murmur64a(s, n, 0x5bd1e995ULL);
+    return cm_murmur64a(s, n, 0x5bd1e995ULL);
 }
 
 uint32_t ag_intern_id(ag_intern_t *t, const char *s, size_t n)

@@ -80,11 +80,11 @@ cm_err_t ag_pane_encode(const ag_source_t *s, const ag_pane_t *p, cm_buf_t *out)
         if (!p->hll) {
             err = put_u(out, 0);
         } else {
-            size_t nz = ag_hll_nonzero(p->hll);
-            if (nz * 4 < AG_HLL_REGISTERS) {
+            size_t nz = cm_hll_nonzero(p->hll);
+            if (nz * 4 < CM_HLL_REGISTERS) {
                 err = put_u(out, 1);
                 err = err ? err : put_u(out, nz);
-                for (uint32_t i = 0; !err && i < AG_HLL_REGISTERS; i++) {
+                for (uint32_t i = 0; !err && i < CM_HLL_REGISTERS; i++) {
                     if (p->hll->reg[i]) {
                         err = put_u(out, i);
                         err = err ? err : put_u(out, p->hll->reg[i]);
@@ -92,7 +92,7 @@ cm_err_t ag_pane_encode(const ag_source_t *s, const ag_pane_t *p, cm_buf_t *out)
                 }
             } else {
                 err = put_u(out, 2);
-                err = err ? err : cm_buf_append(out, p->hll->reg, AG_HLL_REGISTERS);
+                err = err ? err : cm_buf_append(out, p->hll->reg, CM_HLL_REGISTERS);
             }
         }
     }
@@ -152,7 +152,7 @@ typedef struct mpane {
     int32_t src;
     int64_t offset;
     ag_totals_t t;
-    ag_hll_t *hll;
+    cm_hll_t *hll;
     ag_counts_t dims[AG_N_DIMS];
 } mpane_t;
 
@@ -186,7 +186,7 @@ struct ag_merger {
     uint64_t late_panes, results;
     /* scratch for building results */
     ag_counts_t sc[AG_N_DIMS];
-    ag_hll_t sc_hll;
+    cm_hll_t sc_hll;
     ag_topk_item_t *items;
     size_t items_cap;
     cm_window_result_t res[1 + AG_N_DIMS];
@@ -365,15 +365,15 @@ static cm_err_t apply_pane(ag_merger_t *m, rd_t *r, int version, int64_t offset,
             uint64_t n = get_u(r);
             for (uint64_t i = 0; i < n && !r->bad; i++) {
                 uint64_t idx = get_u(r), v = get_u(r);
-                if (idx >= AG_HLL_REGISTERS || v > AG_HLL_Q + 1)
+                if (idx >= CM_HLL_REGISTERS || v > CM_HLL_Q + 1)
                     r->bad = true;
                 else
                     p->hll->reg[idx] = (uint8_t)v;
             }
         } else {
-            const uint8_t *b = get_bytes(r, AG_HLL_REGISTERS);
+            const uint8_t *b = get_bytes(r, CM_HLL_REGISTERS);
             if (b)
-                memcpy(p->hll->reg, b, AG_HLL_REGISTERS);
+                memcpy(p->hll->reg, b, CM_HLL_REGISTERS);
         }
     } else if (hk != 0) {
         r->bad = true;
@@ -559,7 +559,7 @@ cm_err_t ag_merger_result(ag_merger_t *m, int64_t size_ms, int64_t start_ms, int
         for (int f = 0; f < AG_TOTAL_FIELDS; f++)
             *ag_totals_field(&t, f) += *ag_totals_field(&p->t, f);
         if (p->hll) {
-            ag_hll_merge(&m->sc_hll, p->hll);
+            cm_hll_merge(&m->sc_hll, p->hll);
             any_hll = true;
         }
         for (int d = 0; d < AG_N_DIMS; d++) {
@@ -583,7 +583,7 @@ cm_err_t ag_merger_result(ag_merger_t *m, int64_t size_ms, int64_t start_ms, int
         x->page_views = t.page_views;
         x->purchases = t.purchases;
         x->revenue_micros = t.revenue_micros;
-        x->unique_users = any_hll ? (int64_t)ag_hll_count(&m->sc_hll) : 0;
+        x->unique_users = any_hll ? (int64_t)cm_hll_count(&m->sc_hll) : 0;
         x->sessions_closed = t.sessions;
         x->avg_session_ms = t.sessions ? (double)t.session_ms_sum / (double)t.sessions : 0.0;
         x->bounce_rate = t.sessions ? (double)t.bounces / (double)t.sessions : 0.0;

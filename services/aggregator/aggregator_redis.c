@@ -32,7 +32,7 @@ struct ag_redis {
     const char *argv[2 + 2 * MAX_PAIRS];
     size_t argvlen[2 + 2 * MAX_PAIRS];
     char num[2 * MAX_PAIRS][24];
-    uint8_t hll[AG_HLL_REDIS_SIZE];
+    uint8_t hll[CM_HLL_REDIS_SIZE];
     cm_buf_t note;
     /* shared with the writer thread (mutex) */
     pthread_mutex_t mu;
@@ -453,7 +453,7 @@ static void write_pane(ag_redis_t *r, ag_state_t *st, const ag_source_t *s, ag_p
     }
     if (p->hll && (p->redis_full || p->redis_hll_dirty)) {
         snprintf(key, sizeof(key), "%s:u:%s", base, sid);
-        ag_hll_to_redis(p->hll, r->hll);
+        cm_hll_to_redis(p->hll, r->hll);
         char t[24];
         snprintf(t, sizeof(t), "%lld", (long long)ttl);
         r->argv[0] = "SET";
@@ -461,7 +461,7 @@ static void write_pane(ag_redis_t *r, ag_state_t *st, const ag_source_t *s, ag_p
         r->argv[1] = key;
         r->argvlen[1] = strlen(key);
         r->argv[2] = (const char *)r->hll;
-        r->argvlen[2] = AG_HLL_REDIS_SIZE;
+        r->argvlen[2] = CM_HLL_REDIS_SIZE;
         r->argv[3] = "EX";
         r->argvlen[3] = 2;
         r->argv[4] = t;

@@ -9,7 +9,7 @@
  * retried write leaves Redis as it was, two replicas never write the same
  * key at the same time, and after a rebalance the new owner simply
  * overwrites. Readers merge: a sum over the partitions' hashes, PFCOUNT over
- * their HLL strings (a union, see aggregator_hll.h), top URLs from the summed
+ * their HLL strings (a union, see libcommon/cm_hll.h), top URLs from the summed
  * url counts -- all in one EVAL of aggregator_read.lua.
  *
  * Only what changed since the last flush is written (dirty totals, dirty

@@ -308,7 +308,7 @@ cm_err_t ag_source_fold(ag_state_t *st, ag_source_t *s)
                 *ag_totals_field(&q->t, x) += delta;
             }
             if (p->hll_unfolded) {
-                ag_hll_merge(q->hll, p->hll);
+                cm_hll_merge(q->hll, p->hll);
                 q->redis_hll_dirty = true;
             }
             q->redis_totals_dirty = true;
@@ -543,11 +543,11 @@ cm_err_t ag_source_event(ag_state_t *st, ag_source_t *s, const cm_event_t *ev, i
             ag_intern_prefetch(&s->intern[d], hs[d]);
         }
     }
-    uint64_t uh = ag_hll_hash(ev->user_id, strlen(ev->user_id));
+    uint64_t uh = cm_hll_hash(ev->user_id, strlen(ev->user_id));
     ag_pane_t *p = pane_get(st, s, 0, ag_window_start(ts, ag_window_sizes[0]), offset, max_before);
     if (!p)
         return CM_ERR_NOMEM;
-    __builtin_prefetch(&p->hll->reg[uh & (AG_HLL_REGISTERS - 1)], 1);
+    __builtin_prefetch(&p->hll->reg[uh & (CM_HLL_REGISTERS - 1)], 1);
     uint32_t ids[AG_N_DIMS];
     for (int d = 0; d < AG_N_DIMS; d++) {
         ids[d] = AG_ID_NONE;
@@ -573,7 +573,7 @@ cm_err_t ag_source_event(ag_state_t *st, ag_source_t *s, const cm_event_t *ev, i
     p->t.page_views += pv;
     p->t.purchases += pu;
     p->t.revenue_micros = sat_add(p->t.revenue_micros, rev);
-    if (ag_hll_add_hash(p->hll, uh))
+    if (cm_hll_add_hash(p->hll, uh))
         p->redis_hll_dirty = p->hll_unfolded = true;
     for (int d = 0; d < AG_N_DIMS; d++)
         if (ids[d] != AG_ID_NONE && ag_counts_add(&p->dims[d], ids[d], 1))

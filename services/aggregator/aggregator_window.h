@@ -55,7 +55,7 @@
 #include <stdint.h>
 
 #include "aggregator_dict.h"
-#include "aggregator_hll.h"
+#include "cm_hll.h"
 #include "cm_dedupe.h"
 #include "cm_err.h"
 #include "cm_event.h"
@@ -112,7 +112,7 @@ typedef struct ag_pane {
     int64_t first_offset;   /* first input offset that touched it */
     int64_t max_event_before; /* the source's max event time before that record */
     ag_totals_t t;
-    ag_hll_t *hll;          /* raw sources only */
+    cm_hll_t *hll;          /* raw sources only */
     ag_counts_t dims[AG_N_DIMS];
     /* Redis writer bookkeeping */
     bool redis_totals_dirty, redis_hll_dirty, redis_full;

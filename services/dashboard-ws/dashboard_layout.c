@@ -9,6 +9,8 @@
 #include <string.h>
 #include <uthash.h>
 
+#include "cm_hll.h"
+#include "cm_log.h"
 #include "dashboard_layout.h"
 
 #define KEY_MAX 512
@@ -28,6 +30,7 @@ typedef struct wcache {
     size_t n_srcs;
     db_count_t *dims[DB_N_DIMS]; /* every value of the window, summed over sources */
     size_t n_dims[DB_N_DIMS];
+    cm_hll_t *users; /* union of the raw sources' HyperLogLogs; NULL without any */
 } wcache_t;
 
 struct db_layout {
@@ -39,6 +42,8 @@ struct db_layout {
     size_t n_cache;
     bool all_dirty;
     size_t last_reads;
+    size_t bad_hll_logged;
+    cm_hll_t scratch;
 };
 
 /* A running sum keyed by string (uthash). */
@@ -119,6 +124,8 @@ static cm_err_t acc_to_counts(acc_t **head, db_count_t **out, size_t *n_out)
 
 static void wcache_clear(wcache_t *w)
 {
+    free(w->users);
+    w->users = NULL;
     for (size_t i = 0; i < w->n_srcs; i++)
         free(w->srcs[i]);
     free(w->srcs);
@@ -426,14 +433,9 @@ static cm_err_t read_values(db_layout_t *l, redisContext *c, wcache_t **todo, si
 {
     char key[KEY_MAX];
     size_t pending = 0;
-    const char **argv = NULL;
-    size_t *argvlen = NULL;
-    char **keys = NULL;
-    size_t n_keys = 0;
     cm_err_t err = CM_OK;
     for (size_t i = 0; i < n_todo; i++) {
         wcache_t *w = todo[i];
-        size_t n_raw = 0;
         for (size_t s = 0; s < w->n_srcs; s++) {
             const char *sid = w->srcs[s];
             snprintf(key, sizeof(key), "%s:w:%d:%lld:t:%s", l->prefix, DB_WINDOW_MS,
@@ -446,47 +448,18 @@ static cm_err_t read_values(db_layout_t *l, redisContext *c, wcache_t **todo, si
                 redisAppendCommand(c, "HGETALL %s", key);
                 pending++;
             }
-            if (sid[0] == 'r')
-                n_raw++;
         }
-        if (!n_raw)
-            continue;
-        argv = calloc(n_raw + 1, sizeof(*argv));
-        argvlen = calloc(n_raw + 1, sizeof(*argvlen));
-        keys = calloc(n_raw, sizeof(*keys));
-        if (!argv || !argvlen || !keys) {
-            err = CM_ERR_NOMEM;
-            snprintf(errstr, n, "out of memory");
-            goto out;
-        }
-        argv[0] = "PFCOUNT";
-        argvlen[0] = 7;
-        n_keys = 0;
+        /* the raw sources' HyperLogLogs, merged here (not by PFCOUNT): the
+         * hour's union is then counted without asking Redis to merge 60
+         * windows x every partition on each read */
         for (size_t s = 0; s < w->n_srcs; s++) {
             if (w->srcs[s][0] != 'r')
                 continue;
             snprintf(key, sizeof(key), "%s:w:%d:%lld:u:%s", l->prefix, DB_WINDOW_MS,
                      (long long)w->start, w->srcs[s]);
-            if (!(keys[n_keys] = strdup(key))) {
-                err = CM_ERR_NOMEM;
-                snprintf(errstr, n, "out of memory");
-                goto out;
-            }
-            argv[n_keys + 1] = keys[n_keys];
-            argvlen[n_keys + 1] = strlen(keys[n_keys]);
-            n_keys++;
+            redisAppendCommand(c, "GET %s", key);
+            pending++;
         }
-        redisAppendCommandArgv(c, (int)n_keys + 1, argv, argvlen);
-        pending++;
-        for (size_t j = 0; j < n_keys; j++)
-            free(keys[j]);
-        n_keys = 0;
-        free(keys);
-        free(argv);
-        free(argvlen);
-        keys = NULL;
-        argv = NULL;
-        argvlen = NULL;
     }
 
     for (size_t i = 0; i < n_todo; i++) {
@@ -520,14 +493,32 @@ static cm_err_t read_values(db_layout_t *l, redisContext *c, wcache_t **todo, si
             if (w->srcs[s][0] == 'r')
                 has_raw = true;
         }
-        if (has_raw) {
+        free(w->users);
+        w->users = NULL;
+        if (has_raw && !(w->users = calloc(1, sizeof(*w->users)))) {
+            err = CM_ERR_NOMEM;
+            snprintf(errstr, n, "out of memory");
+            goto fail_window;
+        }
+        for (size_t s = 0; s < w->n_srcs; s++) {
+            if (w->srcs[s][0] != 'r')
+                continue;
             redisReply *rep;
             if ((err = get_reply(c, &rep, errstr, n)))
                 goto fail_window;
             pending--;
-            w->w.unique_users = rep->type == REDIS_REPLY_INTEGER ? rep->integer : 0;
+            if (rep->type == REDIS_REPLY_STRING) {
+                if (cm_hll_from_redis(&l->scratch, (const uint8_t *)rep->str, rep->len) == 0)
+                    cm_hll_merge(w->users, &l->scratch);
+                else if (l->bad_hll_logged++ < 10)
+                    cm_log_warn("not a HyperLogLog: its users are not counted", "window",
+                                "%lld", (long long)w->start, "source", "%s", w->srcs[s],
+                                NULL);
+            }
             freeReplyObject(rep);
         }
+        if (w->users)
+            w->w.unique_users = (int64_t)cm_hll_count(w->users);
         for (int d = 0; d < DB_N_DIMS; d++)
             if ((err = acc_to_counts(&acc[d], &w->dims[d], &w->n_dims[d]))) {
                 snprintf(errstr, n, "out of memory");
@@ -542,67 +533,27 @@ static cm_err_t read_values(db_layout_t *l, redisContext *c, wcache_t **todo, si
         goto out;
     }
 out:
-    for (size_t j = 0; keys && j < n_keys; j++)
-        free(keys[j]);
-    free(keys);
-    free(argv);
-    free(argvlen);
     if (err)
         drain(c, pending);
     return err;
 }
 
-/* PFCOUNT over every raw source HLL of the range (the hour's distinct users). */
-static cm_err_t read_range_users(db_layout_t *l, redisContext *c, int64_t *users, char *errstr,
-                                 size_t n)
+/* The hour's distinct users: the union of every window's HyperLogLog,
+ * counted as PFCOUNT over all of their keys would count it. */
+static int64_t range_users(db_layout_t *l)
 {
-    size_t total = 0;
-    for (size_t i = 0; i < l->n_cache; i++)
-        for (size_t s = 0; s < l->cache[i].n_srcs; s++)
-            total += l->cache[i].srcs[s][0] == 'r';
-    *users = 0;
-    if (!total)
-        return CM_OK;
-    const char **argv = calloc(total + 1, sizeof(*argv));
-    size_t *argvlen = calloc(total + 1, sizeof(*argvlen));
-    char *keys = calloc(total, KEY_MAX);
-    cm_err_t err = CM_OK;
-    if (!argv || !argvlen || !keys) {
-        snprintf(errstr, n, "out of memory");
-        err = CM_ERR_NOMEM;
-        goto out;
+    bool any = false;
+    for (size_t i = 0; i < l->n_cache; i++) {
+        const wcache_t *w = &l->cache[i];
+        if (!w->valid || !w->users)
+            continue;
+        if (!any)
+            memcpy(&l->scratch, w->users, sizeof(l->scratch));
+        else
+            cm_hll_merge(&l->scratch, w->users);
+        any = true;
     }
-    argv[0] = "PFCOUNT";
-    argvlen[0] = 7;
-    size_t k = 0;
-    for (size_t i = 0; i < l->n_cache; i++)
-        for (size_t s = 0; s < l->cache[i].n_srcs; s++) {
-            if (l->cache[i].srcs[s][0] != 'r')
-                continue;
-            char *key = keys + k * KEY_MAX;
-            snprintf(key, KEY_MAX, "%s:w:%d:%lld:u:%s", l->prefix, DB_WINDOW_MS,
-                     (long long)l->cache[i].start, l->cache[i].srcs[s]);
-            argv[k + 1] = key;
-            argvlen[k + 1] = strlen(key);
-            k++;
-        }
-    redisReply *rep = redisCommandArgv(c, (int)k + 1, argv, argvlen);
-    if (!rep) {
-        err = io_error(c, errstr, n, "PFCOUNT");
-        goto out;
-    }
-    if (rep->type == REDIS_REPLY_ERROR) {
-        snprintf(errstr, n, "redis error reply: %s", rep->str);
-        err = CM_ERR_IO;
-    } else if (rep->type == REDIS_REPLY_INTEGER) {
-        *users = rep->integer;
-    }
-    freeReplyObject(rep);
-out:
-    free(argv);
-    free(argvlen);
-    free(keys);
-    return err;
+    return any ? (int64_t)cm_hll_count(&l->scratch) : 0;
 }
 
 /* The breakdowns of the range: per-window counts summed, top_n kept. */
@@ -681,9 +632,7 @@ cm_err_t db_layout_read(db_layout_t *l, redisContext *c, int64_t now_ms, db_data
     l->all_dirty = false;
     l->last_reads = n_todo;
 
-    int64_t users = 0;
-    if ((err = read_range_users(l, c, &users, errstr, errstr_size)))
-        return err;
+    int64_t users = range_users(l);
 
     out->window_ms = DB_WINDOW_MS;
     out->from_ms = from;

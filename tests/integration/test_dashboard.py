@@ -255,6 +255,43 @@ def test_snapshot_agrees_with_redis(stack, procs, rds, unique):
     assert code == 200
 
 
+def test_unique_users_equal_pfcount(stack, procs, rds, unique):
+    """dashboard-ws merges the windows' HyperLogLogs itself: its counts must be
+    the very numbers Redis' PFCOUNT gives, for sparse (small) and dense (large)
+    HLLs, overlapping sources, a window whose users are all already counted,
+    and a u key that is not a HyperLogLog (skipped, the rest still counted)."""
+    prefix = f"t:{unique}"
+    cur = minute()
+    starts = [cur - 3 * W, cur - 2 * W, cur - W, cur]
+    sizes = {starts[0]: (3, 0), starts[1]: (1500, 1400), starts[2]: (40_000, 25_000),
+             starts[3]: (200, 0)}
+    for s, (a, b) in sizes.items():
+        write_pane(rds, prefix, s, "r0", {"events": 1}, users=[f"a{j}" for j in range(a)])
+        if b:
+            # overlaps r0 by half
+            write_pane(rds, prefix, s, "r1", {"events": 1},
+                       users=[f"a{j}" for j in range(a // 2, a // 2 + b)])
+    # the last window: users all seen in the first one; plus a broken u key
+    write_pane(rds, prefix, starts[3], "r1", {"events": 1}, users=["a0", "a1"])
+    write_pane(rds, prefix, starts[3], "r2", {"events": 1})
+    rds.set(f"{prefix}:w:{W}:{starts[3]}:u:r2", b"HYLL-but-not-really")
+    encodings = {rds.execute_command("GETRANGE", f"{prefix}:w:{W}:{s}:u:r0", 4, 4)
+                 for s in starts}
+    assert encodings == {b"\x00", b"\x01"}, encodings  # dense and sparse both seen
+    port = free_port()
+    start_dashboard(procs, stack, prefix, port)
+    snap = wait_for(lambda: (lambda x: x if x["summary"]["events"] == 8 else None)(snapshot(port)),
+                    what="the seeded windows")
+    by_t = {w["t"]: w for w in snap["series"]}
+    good = lambda s: [f"{prefix}:w:{W}:{s}:u:r{p}" for p in range(2)]  # noqa: E731
+    for s in starts:
+        assert by_t[s]["unique_users"] == rds.pfcount(*good(s)), s
+    # dense: an estimate of the 45,000 distinct users of r0 and r1
+    assert abs(by_t[starts[2]]["unique_users"] - 45_000) < 0.03 * 45_000
+    all_keys = [k for s in starts for k in good(s)]
+    assert snap["summary"]["unique_users"] == rds.pfcount(*all_keys)
+
+
 def test_websocket_snapshot_then_coalesced_updates(stack, procs, rds, unique):
     prefix = f"t:{unique}"
     cur = minute()

@@ -13,7 +13,7 @@
 #include <cmocka.h>
 
 #include "../../services/aggregator/aggregator_dict.h"
-#include "../../services/aggregator/aggregator_hll.h"
+#include "cm_hll.h"
 #include "../../services/aggregator/aggregator_merge.h"
 #include "../../services/aggregator/aggregator_redis.h"
 #include "../../services/aggregator/aggregator_window.h"
@@ -96,7 +96,7 @@ static void test_assignment_boundaries(void **state)
     assert_int_equal(p->t.events, 1);
     p = ag_source_pane(s, 2, h);
     assert_int_equal(p->t.events, 2);
-    assert_int_equal(ag_hll_count(p->hll), 2);
+    assert_int_equal(cm_hll_count(p->hll), 2);
     /* the url of the click counts, the purchase has none */
     uint32_t id = ag_intern_id(&s->intern[AG_DIM_URL], "/y", 2);
     assert_int_equal(ag_counts_get(&p->dims[AG_DIM_URL], id), 1);
@@ -318,34 +318,34 @@ static void test_checkpoint_replay(void **state)
 static void test_hll_million(void **state)
 {
     (void)state;
-    ag_hll_t *h = calloc(1, sizeof(*h));
+    cm_hll_t *h = calloc(1, sizeof(*h));
     char buf[32];
     const int n = 1000000;
     for (int i = 0; i < n; i++) {
         int len = snprintf(buf, sizeof(buf), "user-%d", i);
-        ag_hll_add(h, buf, (size_t)len);
+        cm_hll_add(h, buf, (size_t)len);
     }
-    double est = (double)ag_hll_count(h);
+    double est = (double)cm_hll_count(h);
     double rel = fabs(est - n) / n;
     printf("hll: 1e6 distinct -> %.0f (error %.3f %%, bound 3 x %.3f %%)\n", est, rel * 100,
-           AG_HLL_STD_ERROR * 100);
-    assert_true(rel < 3 * AG_HLL_STD_ERROR);
+           CM_HLL_STD_ERROR * 100);
+    assert_true(rel < 3 * CM_HLL_STD_ERROR);
     /* union of two halves = the whole */
-    ag_hll_t *a = calloc(1, sizeof(*a)), *b = calloc(1, sizeof(*b));
+    cm_hll_t *a = calloc(1, sizeof(*a)), *b = calloc(1, sizeof(*b));
     for (int i = 0; i < n; i++) {
         int len = snprintf(buf, sizeof(buf), "user-%d", i);
-        ag_hll_add(i % 2 ? a : b, buf, (size_t)len);
+        cm_hll_add(i % 2 ? a : b, buf, (size_t)len);
     }
-    ag_hll_merge(a, b);
-    assert_memory_equal(a->reg, h->reg, AG_HLL_REGISTERS);
+    cm_hll_merge(a, b);
+    assert_memory_equal(a->reg, h->reg, CM_HLL_REGISTERS);
     /* small sets are exact */
-    ag_hll_t *s = calloc(1, sizeof(*s));
+    cm_hll_t *s = calloc(1, sizeof(*s));
     for (int i = 0; i < 100; i++) {
         int len = snprintf(buf, sizeof(buf), "u%d", i);
-        ag_hll_add(s, buf, (size_t)len);
-        ag_hll_add(s, buf, (size_t)len);
+        cm_hll_add(s, buf, (size_t)len);
+        cm_hll_add(s, buf, (size_t)len);
     }
-    assert_true(llabs((long long)ag_hll_count(s) - 100) <= 1);
+    assert_true(llabs((long long)cm_hll_count(s) - 100) <= 1);
     free(h);
     free(a);
     free(b);
@@ -356,19 +356,47 @@ static void test_hll_redis_format(void **state)
 {
     (void)state;
     /* MurmurHash64A reference values (Redis' hash of "" and "a" with the HLL seed) */
-    assert_true(ag_murmur64a("hello", 5, 0) != ag_murmur64a("hellp", 5, 0));
-    ag_hll_t *h = calloc(1, sizeof(*h)), *back = calloc(1, sizeof(*back));
+    assert_true(cm_murmur64a("hello", 5, 0) != cm_murmur64a("hellp", 5, 0));
+    cm_hll_t *h = calloc(1, sizeof(*h)), *back = calloc(1, sizeof(*back));
     char buf[32];
     for (int i = 0; i < 5000; i++) {
         int len = snprintf(buf, sizeof(buf), "x%d", i);
-        ag_hll_add(h, buf, (size_t)len);
+        cm_hll_add(h, buf, (size_t)len);
     }
-    h->reg[AG_HLL_REGISTERS - 1] = 51; /* the last register, maximal value */
-    uint8_t *out = malloc(AG_HLL_REDIS_SIZE);
-    ag_hll_to_redis(h, out);
+    h->reg[CM_HLL_REGISTERS - 1] = 51; /* the last register, maximal value */
+    uint8_t *out = malloc(CM_HLL_REDIS_SIZE);
+    cm_hll_to_redis(h, out);
     assert_memory_equal(out, "HYLL", 4);
-    assert_int_equal(ag_hll_from_redis(back, out, AG_HLL_REDIS_SIZE), 0);
-    assert_memory_equal(back->reg, h->reg, AG_HLL_REGISTERS);
+    assert_int_equal(cm_hll_from_redis(back, out, CM_HLL_REDIS_SIZE), 0);
+    assert_memory_equal(back->reg, h->reg, CM_HLL_REGISTERS);
+
+    /* Redis' sparse encoding (what PFADD leaves for small sets): XZERO 100,
+     * VAL 3 x2, ZERO 5, VAL 32 x1, XZERO for the rest (16384 in all). */
+    uint8_t sp[16] = {'H', 'Y', 'L', 'L', 1}; /* header: magic, encoding 1 */
+    uint32_t rest = CM_HLL_REGISTERS - 100 - 2 - 5 - 1 - 1;
+    uint8_t ops[] = {0x40 | (99 >> 8), 99 & 0xff, 0x80 | (2 << 2) | 1, 4,
+                     0x80 | (31 << 2) | 0, (uint8_t)(0x40 | (rest >> 8)), (uint8_t)(rest & 0xff)};
+    uint8_t *sparse = malloc(16 + sizeof(ops));
+    memcpy(sparse, sp, 16);
+    memcpy(sparse + 16, ops, sizeof(ops));
+    memset(back->reg, 9, CM_HLL_REGISTERS);
+    assert_int_equal(cm_hll_from_redis(back, sparse, 16 + sizeof(ops)), 0);
+    assert_int_equal(back->reg[99], 0);
+    assert_int_equal(back->reg[100], 3);
+    assert_int_equal(back->reg[101], 3);
+    assert_int_equal(back->reg[102], 0);
+    assert_int_equal(back->reg[107], 32);
+    size_t nz = 0;
+    for (uint32_t i = 0; i < CM_HLL_REGISTERS; i++)
+        nz += back->reg[i] != 0;
+    assert_int_equal(nz, 3);
+    /* one register short, one too many, a cut XZERO, not an HLL */
+    assert_int_equal(cm_hll_from_redis(back, sparse, 16 + sizeof(ops) - 2), -1);
+    sparse[16 + sizeof(ops) - 1] += 2;
+    assert_int_equal(cm_hll_from_redis(back, sparse, 16 + sizeof(ops)), -1);
+    assert_int_equal(cm_hll_from_redis(back, sparse, 16 + sizeof(ops) - 1), -1);
+    assert_int_equal(cm_hll_from_redis(back, (const uint8_t *)"HYLX", 4), -1);
+    free(sparse);
     free(out);
     free(h);
     free(back);

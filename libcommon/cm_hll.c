@@ -1,13 +1,13 @@
 /*
- * aggregator_hll.c: HyperLogLog, following Redis' hyperloglog.c (see the
+ * cm_hll.c: HyperLogLog, following Redis' hyperloglog.c (see the
  * header for why the formats match bit for bit).
  */
-#include "aggregator_hll.h"
+#include "cm_hll.h"
 
 #include <math.h>
 #include <string.h>
 
-uint64_t ag_murmur64a(const void *key, size_t len, uint64_t seed)
+uint64_t cm_murmur64a(const void *key, size_t len, uint64_t seed)
 {
     const uint64_t m = 0xc6a4a7935bd1e995ULL;
     const int r = 47;
@@ -42,19 +42,19 @@ uint64_t ag_murmur64a(const void *key, size_t len, uint64_t seed)
     return h;
 }
 
-void ag_hll_merge(ag_hll_t *dst, const ag_hll_t *src)
+void cm_hll_merge(cm_hll_t *dst, const cm_hll_t *src)
 {
     /* branch-free so that the compiler vectorizes it (16 KiB per call) */
     uint8_t *restrict d = dst->reg;
     const uint8_t *restrict s = src->reg;
-    for (uint32_t i = 0; i < AG_HLL_REGISTERS; i++)
+    for (uint32_t i = 0; i < CM_HLL_REGISTERS; i++)
         d[i] = d[i] > s[i] ? d[i] : s[i];
 }
 
-size_t ag_hll_nonzero(const ag_hll_t *h)
+size_t cm_hll_nonzero(const cm_hll_t *h)
 {
     size_t n = 0;
-    for (uint32_t i = 0; i < AG_HLL_REGISTERS; i++)
+    for (uint32_t i = 0; i < CM_HLL_REGISTERS; i++)
         n += h->reg[i] != 0;
     return n;
 }
@@ -87,14 +87,14 @@ static double hll_tau(double x)
     return z / 3;
 }
 
-uint64_t ag_hll_count(const ag_hll_t *h)
+uint64_t cm_hll_count(const cm_hll_t *h)
 {
-    const double m = AG_HLL_REGISTERS;
+    const double m = CM_HLL_REGISTERS;
     int histo[64] = {0};
-    for (uint32_t i = 0; i < AG_HLL_REGISTERS; i++)
+    for (uint32_t i = 0; i < CM_HLL_REGISTERS; i++)
         histo[h->reg[i]]++;
-    double z = m * hll_tau((m - histo[AG_HLL_Q + 1]) / m);
-    for (int j = AG_HLL_Q; j >= 1; --j) {
+    double z = m * hll_tau((m - histo[CM_HLL_Q + 1]) / m);
+    for (int j = CM_HLL_Q; j >= 1; --j) {
         z += histo[j];
         z *= 0.5;
     }
@@ -102,14 +102,14 @@ uint64_t ag_hll_count(const ag_hll_t *h)
     return (uint64_t)llroundl(0.721347520444481703680 * m * m / z);
 }
 
-void ag_hll_to_redis(const ag_hll_t *h, uint8_t *out)
+void cm_hll_to_redis(const cm_hll_t *h, uint8_t *out)
 {
-    memset(out, 0, AG_HLL_REDIS_SIZE);
+    memset(out, 0, CM_HLL_REDIS_SIZE);
     memcpy(out, "HYLL", 4);
     out[4] = 0;         /* HLL_DENSE */
     out[15] = 1u << 7;  /* cached cardinality invalid: Redis recomputes it */
     uint8_t *p = out + 16;
-    for (uint32_t i = 0; i < AG_HLL_REGISTERS; i++) {
+    for (uint32_t i = 0; i < CM_HLL_REGISTERS; i++) {
         uint32_t bit = i * 6;
         uint32_t byte = bit / 8, fb = bit & 7;
         uint32_t v = h->reg[i];
@@ -119,18 +119,52 @@ void ag_hll_to_redis(const ag_hll_t *h, uint8_t *out)
     }
 }
 
-int ag_hll_from_redis(ag_hll_t *h, const uint8_t *in, size_t len)
+/* Redis' sparse encoding (hyperloglog.c): ZERO 00xxxxxx = xxxxxx+1 empty
+ * registers; XZERO 01xxxxxx yyyyyyyy = 14-bit length + 1 empty registers;
+ * VAL 1vvvvvxx = xx+1 registers of value vvvvv+1. */
+static int from_sparse(cm_hll_t *h, const uint8_t *p, const uint8_t *end)
 {
-    if (len != AG_HLL_REDIS_SIZE || memcmp(in, "HYLL", 4) != 0 || in[4] != 0)
+    uint32_t idx = 0;
+    while (p < end) {
+        uint32_t run;
+        uint8_t v = 0;
+        if ((*p & 0xc0) == 0) {
+            run = (uint32_t)(*p & 0x3f) + 1;
+            p++;
+        } else if ((*p & 0xc0) == 0x40) {
+            if (p + 1 >= end)
+                return -1;
+            run = ((uint32_t)(*p & 0x3f) << 8 | p[1]) + 1;
+            p += 2;
+        } else {
+            v = (uint8_t)(((*p >> 2) & 0x1f) + 1);
+            run = (uint32_t)(*p & 0x3) + 1;
+            p++;
+        }
+        if (idx + run > CM_HLL_REGISTERS)
+            return -1;
+        memset(h->reg + idx, v, run);
+        idx += run;
+    }
+    return idx == CM_HLL_REGISTERS ? 0 : -1;
+}
+
+int cm_hll_from_redis(cm_hll_t *h, const uint8_t *in, size_t len)
+{
+    if (len < 16 || memcmp(in, "HYLL", 4) != 0)
         return -1;
+    if (in[4] == 1)
+        return from_sparse(h, in + 16, in + len);
+    if (len != CM_HLL_REDIS_SIZE || in[4] != 0)
+        return -1;
+    /* four 6-bit registers in every three bytes, least significant first */
     const uint8_t *p = in + 16;
-    for (uint32_t i = 0; i < AG_HLL_REGISTERS; i++) {
-        uint32_t bit = i * 6;
-        uint32_t byte = bit / 8, fb = bit & 7;
-        uint32_t v = p[byte] >> fb;
-        if (fb > 2)
-            v |= (uint32_t)p[byte + 1] << (8 - fb);
-        h->reg[i] = (uint8_t)(v & 63);
+    uint8_t *r = h->reg;
+    for (uint32_t i = 0; i < CM_HLL_REGISTERS; i += 4, p += 3, r += 4) {
+        r[0] = p[0] & 63;
+        r[1] = (uint8_t)((p[0] >> 6 | p[1] << 2) & 63);
+        r[2] = (uint8_t)((p[1] >> 4 | p[2] << 4) & 63);
+        r[3] = p[2] >> 2;
     }
     return 0;
 }
