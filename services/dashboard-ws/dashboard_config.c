@@ -45,7 +45,7 @@ const cm_config_entry_t db_config_table[] = {
     E(CM_CFG_STR, "DASHBOARD_ALLOWED_ORIGINS", NULL, allowed_origins, 0, 65536,
       "Origins a WebSocket may come from (comma list, * any); unset: the page's own "
       "origin (Host)"),
-    E(CM_CFG_MS, "DASHBOARD_CLIENT_INTERVAL", "250ms", client_interval_ms, 0, 60000,
+    E(CM_CFG_MS, "DASHBOARD_CLIENT_INTERVAL", "100ms", client_interval_ms, 0, 60000,
       "least time between two updates sent to one client: changes in between are "
       "coalesced into one"),
     E(CM_CFG_INT, "DASHBOARD_CLIENT_QUEUE", "16", client_queue, 2, 4096,
