@@ -493,8 +493,6 @@ static cm_err_t read_values(db_layout_t *l, redisContext *c, wcache_t **todo, si
             if (w->srcs[s][0] == 'r')
                 has_raw = true;
         }
-        free(w->users);
-        w->users = NULL;
         if (has_raw && !(w->users = calloc(1, sizeof(*w->users)))) {
             err = CM_ERR_NOMEM;
             snprintf(errstr, n, "out of memory");
