@@ -42,7 +42,8 @@ struct db_layout {
     size_t n_cache;
     bool all_dirty;
     size_t last_reads;
-    size_t bad_hll_logged;
+    size_t last_bad_hlls; /* u keys of the last read that were no HyperLogLog */
+    size_t bad_hlls_logged;
     cm_hll_t scratch;
 };
 
@@ -173,6 +174,8 @@ void db_layout_destroy(db_layout_t *l)
 const char *db_layout_channel(const db_layout_t *l) { return l->channel; }
 
 size_t db_layout_last_reads(const db_layout_t *l) { return l->last_reads; }
+
+size_t db_layout_last_bad_hlls(const db_layout_t *l) { return l->last_bad_hlls; }
 
 void db_layout_invalidate(db_layout_t *l) { l->all_dirty = true; }
 
@@ -508,7 +511,7 @@ static cm_err_t read_values(db_layout_t *l, redisContext *c, wcache_t **todo, si
             if (rep->type == REDIS_REPLY_STRING) {
                 if (cm_hll_from_redis(&l->scratch, (const uint8_t *)rep->str, rep->len) == 0)
                     cm_hll_merge(w->users, &l->scratch);
-                else if (l->bad_hll_logged++ < 10)
+                else if (++l->last_bad_hlls && l->bad_hlls_logged++ < 10)
                     cm_log_warn("not a HyperLogLog: its users are not counted", "window",
                                 "%lld", (long long)w->start, "source", "%s", w->srcs[s],
                                 NULL);
@@ -591,6 +594,7 @@ cm_err_t db_layout_read(db_layout_t *l, redisContext *c, int64_t now_ms, db_data
 {
     db_data_clear(out);
     l->last_reads = 0;
+    l->last_bad_hlls = 0;
     int64_t to = floor_to(now_ms, DB_WINDOW_MS) + DB_WINDOW_MS;
     cm_err_t err;
     if (l->anchor_data) {

@@ -83,5 +83,7 @@ cm_err_t db_layout_read(db_layout_t *l, redisContext *c, int64_t now_ms, db_data
 
 /* Windows read from Redis by the last db_layout_read (tests, metrics). */
 size_t db_layout_last_reads(const db_layout_t *l);
+/* u keys the last read found holding no HyperLogLog (their users not counted). */
+size_t db_layout_last_bad_hlls(const db_layout_t *l);
 
 #endif

@@ -45,7 +45,7 @@ struct db_reader {
     bool ready;
     char reason[160];
 
-    cm_counter_t *m_reads, *m_errors, *m_notes, *m_windows_read, *m_published;
+    cm_counter_t *m_reads, *m_errors, *m_notes, *m_windows_read, *m_published, *m_bad_hlls;
     cm_gauge_t *m_up;
     cm_histogram_t *m_read_s;
 };
@@ -190,6 +190,7 @@ static void do_read(db_reader_t *r)
         return;
     }
     cm_counter_add(r->m_windows_read, db_layout_last_reads(r->layout));
+    cm_counter_add(r->m_bad_hlls, db_layout_last_bad_hlls(r->layout));
     if (r->stale_since_ms) {
         cm_log_info("redis back: the dashboard is live again", NULL);
         r->stale_since_ms = 0;
@@ -326,6 +327,10 @@ db_reader_t *db_reader_start(const db_config_t *cfg, cm_metrics_t *reg, db_publi
                                      "failed Redis connects, subscribes and reads", NULL);
     r->m_notes = cm_metrics_counter(reg, "dashboard_notes_total",
                                     "aggregator notes received on the pub/sub channel", NULL);
+    r->m_bad_hlls = cm_metrics_counter(reg, "dashboard_bad_hll_total",
+                                       "unique-user keys read that held no HyperLogLog "
+                                       "(their users not counted)",
+                                       NULL);
     r->m_windows_read = cm_metrics_counter(reg, "dashboard_redis_windows_read_total",
                                            "1-minute windows read from Redis", NULL);
     r->m_published = cm_metrics_counter(reg, "dashboard_models_published_total",

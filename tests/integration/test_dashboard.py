@@ -290,6 +290,9 @@ def test_unique_users_equal_pfcount(stack, procs, rds, unique):
     assert abs(by_t[starts[2]]["unique_users"] - 45_000) < 0.03 * 45_000
     all_keys = [k for s in starts for k in good(s)]
     assert snap["summary"]["unique_users"] == rds.pfcount(*all_keys)
+    code, body = http_get(f"http://127.0.0.1:{port}/metrics")
+    bad = [ln for ln in body.splitlines() if ln.startswith("dashboard_bad_hll_total ")]
+    assert code == 200 and bad and float(bad[0].split()[1]) >= 1, bad
 
 
 def test_websocket_snapshot_then_coalesced_updates(stack, procs, rds, unique):
