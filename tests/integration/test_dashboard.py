@@ -205,10 +205,10 @@ def wait_for(fn, timeout=10, what="condition"):
     while time.time() < deadline:
         try:
             last = fn()
+            if last:
+                return last
         except urllib.error.HTTPError as e:
-            last = e
-        if last:
-            return last
+            last = e  # not yet; kept for the message
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
